@@ -1,0 +1,22 @@
+//! The geosync engine.
+//!
+//! - [`clock`]: vector clocks (causality) and the hybrid logical clock (order).
+//! - [`model`]: node ids, names, node metadata, versions and change events.
+//! - [`store`]: the embedded metadata store (redb) and the content store.
+//! - [`queue`]: the persisted sync queue of outgoing change events.
+//! - [`conflict`]: conflict detection and the resolution strategies.
+//! - [`namespace`]: file system operations and the application of remote events.
+//! - [`Engine`]: a region's local state (all of the above) opened from one directory.
+#![deny(unsafe_code)]
+
+pub mod clock;
+pub mod conflict;
+mod engine;
+mod error;
+pub mod model;
+pub mod namespace;
+pub mod queue;
+pub mod store;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, Result};
