@@ -1,0 +1,423 @@
+//! The derived directory tree: which node is listed where, under which name.
+//!
+//! Nodes store where they *want* to be (`parent`, `name`); the tree shown to the
+//! file system is derived from the set of node states alone, never from the
+//! order events arrived in, so every region that holds the same states shows the
+//! same tree. The rules:
+//!
+//! - **Kept nodes.** A node is listed when it is alive, or when it still has
+//!   listed children or visible forks: a directory deleted in one region while
+//!   another region concurrently created a file in it comes back, so the
+//!   concurrent write survives.
+//! - **Name collisions.** Two regions may create the same name concurrently.
+//!   Every claimant of `(parent, name)` survives: the one whose location change
+//!   has the smallest stamp keeps the name, each other one is shown as
+//!   `name.conflict-<region>-<stamp>.ext` (its own location change's stamp).
+//! - **Cycles.** Concurrent renames can make directories each other's parents.
+//!   In every cycle of the stored parent graph, the member whose location change
+//!   has the greatest stamp is *detached*: shown under the root, under its own
+//!   name, until a later rename breaks the cycle. One member per cycle is enough
+//!   to make the graph a tree, and "greatest stamp" is the same on every region.
+//! - **Forks** (kept losing versions) are listed beside their node as
+//!   `name.conflict-<region>-<stamp>.ext`, with ids derived from the node and the
+//!   fork's write, so every region gives them the same id.
+
+use std::collections::BTreeSet;
+
+use redb::{ReadableTable, Table, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Dot, Name, NodeId, Version};
+use crate::{Error, Result};
+
+use super::{NodeRecord, Notification, NotificationKind};
+
+pub(crate) const NODES: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("ns_nodes");
+/// `parent ++ name ++ 0 ++ node` for every listed node: the claimants of a name.
+/// Names hold no NUL byte, so `parent ++ name ++ 0` is an exact prefix.
+pub(crate) const CLAIMS: redb::TableDefinition<&[u8], ()> = redb::TableDefinition::new("ns_claims");
+/// `parent ++ shown name` -> node id: what readdir and lookup read.
+pub(crate) const ENTRIES: redb::TableDefinition<&[u8], u128> =
+    redb::TableDefinition::new("ns_entries");
+/// Fork entry id -> the node and fork it shows.
+pub(crate) const FORKS: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("ns_forks");
+/// Cycle breakers currently shown under the root.
+pub(crate) const DETACHED: redb::TableDefinition<u128, ()> =
+    redb::TableDefinition::new("ns_detached");
+/// Deleted nodes and when this region learned of the deletion (for later GC).
+pub(crate) const TOMBSTONES: redb::TableDefinition<u128, u64> =
+    redb::TableDefinition::new("ns_tombstones");
+/// Open manual conflicts: node -> when detected here (ms).
+pub(crate) const CONFLICTS: redb::TableDefinition<u128, u64> =
+    redb::TableDefinition::new("ns_conflicts");
+
+/// How far a parent walk goes before it gives up: deeper trees are refused by
+/// the local operations long before this.
+const MAX_WALK: usize = 4096;
+
+/// Where a node is listed now (so the listing can be removed exactly).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Listing {
+    pub parent: NodeId,
+    /// The claimed name.
+    pub name: Name,
+    /// The name shown (differs from `name` for a collision loser).
+    pub shown: Name,
+    /// Fork entries shown beside the node: `(fork id, shown name)`.
+    pub forks: Vec<(NodeId, Name)>,
+}
+
+/// A fork entry's target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ForkRef {
+    pub node: NodeId,
+    pub dot: Dot,
+}
+
+fn claim_prefix(parent: NodeId, name: &Name) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17 + name.as_bytes().len() + 16);
+    k.extend_from_slice(&parent.to_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+fn claim_key(parent: NodeId, name: &Name, node: NodeId) -> Vec<u8> {
+    let mut k = claim_prefix(parent, name);
+    k.extend_from_slice(&node.to_bytes());
+    k
+}
+
+pub(crate) fn entry_key(parent: NodeId, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + name.len());
+    k.extend_from_slice(&parent.to_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+/// The smallest key after every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<NodeRecord> {
+    postcard::from_bytes(bytes).map_err(|source| Error::Decode {
+        what: "node",
+        source,
+    })
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain in-memory data into a Vec cannot fail.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// The namespace's tables, open inside one write transaction.
+pub(crate) struct Tables<'txn> {
+    pub nodes: Table<'txn, u128, &'static [u8]>,
+    pub claims: Table<'txn, &'static [u8], ()>,
+    pub entries: Table<'txn, &'static [u8], u128>,
+    pub forks: Table<'txn, u128, &'static [u8]>,
+    pub detached: Table<'txn, u128, ()>,
+    pub tombstones: Table<'txn, u128, u64>,
+    pub conflicts: Table<'txn, u128, u64>,
+    /// Changes to report once the transaction commits.
+    pub notes: Vec<Notification>,
+    pub now_ms: u64,
+}
+
+impl<'txn> Tables<'txn> {
+    pub fn open(txn: &'txn WriteTransaction, now_ms: u64) -> Result<Self> {
+        Ok(Tables {
+            nodes: txn.open_table(NODES)?,
+            claims: txn.open_table(CLAIMS)?,
+            entries: txn.open_table(ENTRIES)?,
+            forks: txn.open_table(FORKS)?,
+            detached: txn.open_table(DETACHED)?,
+            tombstones: txn.open_table(TOMBSTONES)?,
+            conflicts: txn.open_table(CONFLICTS)?,
+            notes: Vec::new(),
+            now_ms,
+        })
+    }
+
+    pub fn load(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        match self.nodes.get(id.0)? {
+            Some(v) => Ok(Some(decode_record(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn save(&mut self, id: NodeId, rec: &NodeRecord) -> Result<()> {
+        self.nodes.insert(id.0, encode(rec).as_slice())?;
+        Ok(())
+    }
+
+    /// The node listed under `name` in `parent`, if any.
+    pub fn lookup(&self, parent: NodeId, name: &[u8]) -> Result<Option<NodeId>> {
+        Ok(self
+            .entries
+            .get(entry_key(parent, name).as_slice())?
+            .map(|v| NodeId(v.value())))
+    }
+
+    pub fn has_entries(&self, parent: NodeId) -> Result<bool> {
+        let start = parent.to_bytes();
+        let end = prefix_end(&start);
+        Ok(self
+            .entries
+            .range(start.as_slice()..end.as_slice())?
+            .next()
+            .is_some())
+    }
+
+    fn has_claims(&self, parent: NodeId) -> Result<bool> {
+        let start = parent.to_bytes();
+        let end = prefix_end(&start);
+        Ok(self
+            .claims
+            .range(start.as_slice()..end.as_slice())?
+            .next()
+            .is_some())
+    }
+
+    /// Brings the listing of `start` (and, transitively, of every node whose
+    /// listing depends on it: its parents) in line with the rules above.
+    pub fn settle(&mut self, start: NodeId) -> Result<()> {
+        let mut work = vec![start];
+        let mut steps = 0usize;
+        while let Some(id) = work.pop() {
+            steps += 1;
+            if id == NodeId::ROOT || steps > MAX_WALK * 4 {
+                continue;
+            }
+            let Some(mut rec) = self.load(id)? else {
+                continue;
+            };
+            let kept = !rec.view.meta.deleted
+                || self.has_claims(id)?
+                || rec.view.visible_forks().next().is_some();
+            let parent = if self.detached.get(id.0)?.is_some() {
+                NodeId::ROOT
+            } else {
+                rec.view.meta.parent
+            };
+            let want = kept.then(|| (parent, rec.view.meta.name.clone()));
+            let have = rec.listing.as_ref().map(|l| (l.parent, l.name.clone()));
+            if want == have {
+                if let Some((p, name)) = want {
+                    // Same place; the shown state (forks, precedence) may differ.
+                    self.regroup(p, &name)?;
+                }
+                continue;
+            }
+            if let Some(old) = rec.listing.take() {
+                self.claims
+                    .remove(claim_key(old.parent, &old.name, id).as_slice())?;
+                self.unlist(id, &old)?;
+                self.save(id, &rec)?;
+                self.regroup(old.parent, &old.name)?;
+                work.push(old.parent);
+            }
+            if let Some((p, name)) = want {
+                self.claims.insert(claim_key(p, &name, id).as_slice(), ())?;
+                self.save(id, &rec)?;
+                self.regroup(p, &name)?;
+                work.push(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a node's shown entries (its own and its forks').
+    fn unlist(&mut self, id: NodeId, listing: &Listing) -> Result<()> {
+        let key = entry_key(listing.parent, listing.shown.as_bytes());
+        if self
+            .entries
+            .get(key.as_slice())?
+            .is_some_and(|v| v.value() == id.0)
+        {
+            self.entries.remove(key.as_slice())?;
+            self.notes.push(Notification {
+                node: id,
+                kind: NotificationKind::EntryRemoved {
+                    parent: listing.parent,
+                    name: listing.shown.clone(),
+                },
+            });
+        }
+        for (fork_id, shown) in &listing.forks {
+            let key = entry_key(listing.parent, shown.as_bytes());
+            if self
+                .entries
+                .get(key.as_slice())?
+                .is_some_and(|v| v.value() == fork_id.0)
+            {
+                self.entries.remove(key.as_slice())?;
+            }
+            self.forks.remove(fork_id.0)?;
+            self.notes.push(Notification {
+                node: *fork_id,
+                kind: NotificationKind::EntryRemoved {
+                    parent: listing.parent,
+                    name: shown.clone(),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Recomputes the shown names of every claimant of `(parent, name)` and
+    /// rewrites their entries where they changed.
+    fn regroup(&mut self, parent: NodeId, name: &Name) -> Result<()> {
+        let prefix = claim_prefix(parent, name);
+        let end = prefix_end(&prefix);
+        let mut claimants = Vec::new();
+        for item in self.claims.range(prefix.as_slice()..end.as_slice())? {
+            let (k, _) = item?;
+            let k = k.value();
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&k[k.len() - 16..]);
+            let id = NodeId::from_bytes(id);
+            if let Some(rec) = self.load(id)? {
+                claimants.push((id, rec));
+            }
+        }
+        // Earliest location change keeps the name; the id breaks exact ties.
+        claimants.sort_by(|(ia, a), (ib, b)| {
+            (&a.view.changes.location.stamp, ia).cmp(&(&b.view.changes.location.stamp, ib))
+        });
+        for (rank, (id, mut rec)) in claimants.into_iter().enumerate() {
+            let shown = if rank == 0 {
+                name.clone()
+            } else {
+                name.conflict_copy(&rec.view.changes.location.stamp)
+            };
+            let forks: Vec<(NodeId, Name)> = rec
+                .view
+                .visible_forks()
+                .map(|(dot, fork)| (fork_id(id, dot), shown.conflict_copy(&fork.change.stamp)))
+                .collect();
+            let listing = Listing {
+                parent,
+                name: name.clone(),
+                shown,
+                forks,
+            };
+            if rec.listing.as_ref() == Some(&listing) {
+                continue;
+            }
+            if let Some(old) = rec.listing.take() {
+                self.unlist(id, &old)?;
+            }
+            self.list(id, &rec.view, &listing)?;
+            rec.listing = Some(listing);
+            self.save(id, &rec)?;
+        }
+        Ok(())
+    }
+
+    fn list(&mut self, id: NodeId, view: &Version, listing: &Listing) -> Result<()> {
+        let key = entry_key(listing.parent, listing.shown.as_bytes());
+        self.entries.insert(key.as_slice(), id.0)?;
+        self.notes.push(Notification {
+            node: id,
+            kind: NotificationKind::EntryAdded {
+                parent: listing.parent,
+                name: listing.shown.clone(),
+            },
+        });
+        for ((fork_id, shown), (dot, _)) in listing.forks.iter().zip(view.visible_forks()) {
+            let key = entry_key(listing.parent, shown.as_bytes());
+            self.entries.insert(key.as_slice(), fork_id.0)?;
+            let target = ForkRef {
+                node: id,
+                dot: dot.clone(),
+            };
+            self.forks.insert(fork_id.0, encode(&target).as_slice())?;
+            self.notes.push(Notification {
+                node: *fork_id,
+                kind: NotificationKind::EntryAdded {
+                    parent: listing.parent,
+                    name: shown.clone(),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-derives the set of detached cycle breakers after the stored parent of
+    /// `changed` moved, and re-settles the nodes whose place changed.
+    pub fn check_cycles(&mut self, changed: NodeId) -> Result<()> {
+        let mut candidates: BTreeSet<NodeId> = BTreeSet::new();
+        for item in self.detached.iter()? {
+            candidates.insert(NodeId(item?.0.value()));
+        }
+        let before = candidates.clone();
+        candidates.insert(changed);
+        let mut breakers = BTreeSet::new();
+        for &c in &candidates {
+            if let Some(cycle) = self.cycle_through(c)? {
+                let mut best: Option<(crate::clock::Timestamp, NodeId)> = None;
+                for id in cycle {
+                    if let Some(rec) = self.load(id)? {
+                        let key = (rec.view.changes.location.stamp.clone(), id);
+                        if best.as_ref().is_none_or(|b| key > *b) {
+                            best = Some(key);
+                        }
+                    }
+                }
+                if let Some((_, id)) = best {
+                    breakers.insert(id);
+                }
+            }
+        }
+        if breakers == before {
+            return Ok(());
+        }
+        for gone in before.difference(&breakers) {
+            self.detached.remove(gone.0)?;
+        }
+        for new in breakers.difference(&before) {
+            self.detached.insert(new.0, ())?;
+        }
+        for id in before.symmetric_difference(&breakers) {
+            self.settle(*id)?;
+        }
+        Ok(())
+    }
+
+    /// The cycle of stored parents that `start` is on, if any.
+    fn cycle_through(&self, start: NodeId) -> Result<Option<Vec<NodeId>>> {
+        let mut path = vec![start];
+        let mut at = start;
+        for _ in 0..MAX_WALK {
+            let Some(rec) = self.load(at)? else {
+                return Ok(None);
+            };
+            let parent = rec.view.meta.parent;
+            if parent == start {
+                return Ok(Some(path));
+            }
+            if parent == NodeId::ROOT || parent == at || path.contains(&parent) {
+                // Reached the root, or a cycle that `start` only leads into.
+                return Ok(None);
+            }
+            path.push(parent);
+            at = parent;
+        }
+        Ok(None)
+    }
+}
+
+/// The id of the entry that shows a node's fork.
+pub(crate) fn fork_id(node: NodeId, dot: &Dot) -> NodeId {
+    node.derive("geosync 2026 fork entry", &encode(dot))
+}
