@@ -46,11 +46,15 @@ pub const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// The persisted state of one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct NodeRecord {
-    /// The versions no other received version has seen (one unless a manual
-    /// conflict is open).
+    /// The received versions no other received version has seen: the maximal
+    /// elements of everything received, so they do not depend on arrival order.
+    /// A resolution is never stored as a head: it is derived from the heads, and
+    /// a later write that supersedes one head must see the others still there.
     heads: Vec<Version>,
-    /// What the file system shows: the single head, or the resolution.
+    /// What the file system shows: the single head, or the heads' resolution.
     view: Version,
+    /// A manual conflict waits for an operator.
+    open_conflict: bool,
     listing: Option<Listing>,
 }
 
@@ -296,6 +300,7 @@ impl Namespace {
                     &NodeRecord {
                         heads: vec![root.clone()],
                         view: root,
+                        open_conflict: false,
                         listing: None,
                     },
                 )?;
@@ -422,7 +427,7 @@ impl Namespace {
             meta,
             vclock: rec.view.vclock.clone(),
             write: rec.view.write.clone(),
-            in_conflict: rec.heads.len() > 1,
+            in_conflict: rec.open_conflict,
             fork_of: None,
         }
     }
@@ -762,7 +767,7 @@ impl Namespace {
             let rec =
                 l.t.load(node)?
                     .ok_or_else(|| Error::NotFound(node.to_string()))?;
-            if rec.heads.len() < 2 {
+            if !rec.open_conflict {
                 return Err(Error::NoSuchConflict(node.to_string()));
             }
             let mut base = match &choice {
@@ -965,6 +970,7 @@ fn integrate(
         let rec = NodeRecord {
             heads: vec![version.clone()],
             view: version,
+            open_conflict: false,
             listing: None,
         };
         let is_dir = rec.view.meta.kind == NodeKind::Directory;
@@ -998,31 +1004,34 @@ fn integrate(
     rec.heads
         .retain(|h| h.vclock.compare(&version.vclock) != Causality::Before);
     rec.heads.push(version);
+    // Canonical order, so the stored record does not depend on arrival order.
+    rec.heads.sort_by(|a, b| a.write.stamp.cmp(&b.write.stamp));
     let old_parent = rec.view.meta.parent;
     let mut outcome = ApplyOutcome::Applied;
+    rec.open_conflict = false;
     if rec.heads.len() == 1 {
         rec.view = rec.heads[0].clone();
-        t.conflicts.remove(id.0)?;
     } else {
-        // Order heads canonically so the stored record does not depend on arrival order.
-        rec.heads.sort_by(|a, b| a.write.stamp.cmp(&b.write.stamp));
         let path = path_in(t, id)?;
         match conflict::resolve(&rec.heads, policy.strategy_for(&path)) {
             Resolution::Resolved(v) => {
-                rec.heads = vec![v.clone()];
                 rec.view = v;
-                t.conflicts.remove(id.0)?;
                 outcome = ApplyOutcome::Conflict { open: false };
             }
             Resolution::Open { preview } => {
                 rec.view = preview;
-                if t.conflicts.get(id.0)?.is_none() {
-                    let now = t.now_ms;
-                    t.conflicts.insert(id.0, now)?;
-                }
+                rec.open_conflict = true;
                 outcome = ApplyOutcome::Conflict { open: true };
             }
         }
+    }
+    if rec.open_conflict {
+        if t.conflicts.get(id.0)?.is_none() {
+            let now = t.now_ms;
+            t.conflicts.insert(id.0, now)?;
+        }
+    } else {
+        t.conflicts.remove(id.0)?;
     }
     if rec.view.meta.deleted {
         let now = t.now_ms;
@@ -1094,11 +1103,10 @@ impl Local<'_, '_> {
 
     fn require_dir(&self, id: NodeId) -> Result<()> {
         let v = self.current(id)?;
+        // A listed directory is usable even when deleted elsewhere: it is shown
+        // because it still holds entries, and new entries keep it shown.
         if v.meta.kind != NodeKind::Directory {
             return Err(Error::NotADirectory(v.meta.name.to_string()));
-        }
-        if v.meta.deleted {
-            return Err(Error::NotFound(v.meta.name.to_string()));
         }
         Ok(())
     }

@@ -21,6 +21,10 @@
 //! - **Forks** (kept losing versions) are listed beside their node as
 //!   `name.conflict-<region>-<stamp>.ext`, with ids derived from the node and the
 //!   fork's write, so every region gives them the same id.
+//! - **One entry per shown name.** When two of the above want the same shown
+//!   name (a conflict copy turned into a real file while, in some arrival order,
+//!   the copy is still shown), the entry goes to a node under its own name, then
+//!   a node under a collision name, then a fork, then the smaller id.
 
 use std::collections::BTreeSet;
 
@@ -39,6 +43,9 @@ pub(crate) const CLAIMS: redb::TableDefinition<&[u8], ()> = redb::TableDefinitio
 /// `parent ++ shown name` -> node id: what readdir and lookup read.
 pub(crate) const ENTRIES: redb::TableDefinition<&[u8], u128> =
     redb::TableDefinition::new("ns_entries");
+/// `entry key ++ 0 ++ rank ++ id`: every node or fork that wants to be shown
+/// at an entry; the first one (see `decide_entry`) is.
+pub(crate) const WISHES: redb::TableDefinition<&[u8], ()> = redb::TableDefinition::new("ns_wishes");
 /// Fork entry id -> the node and fork it shows.
 pub(crate) const FORKS: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("ns_forks");
 /// Cycle breakers currently shown under the root.
@@ -65,6 +72,30 @@ pub(crate) struct Listing {
     pub shown: Name,
     /// Fork entries shown beside the node: `(fork id, shown name)`.
     pub forks: Vec<(NodeId, Name)>,
+}
+
+/// Ranks of the wishes for one entry key; lower is shown.
+const RANK_CLAIMED: u8 = 0;
+const RANK_COLLISION: u8 = 1;
+const RANK_FORK: u8 = 2;
+
+impl Listing {
+    fn rank(&self) -> u8 {
+        if self.shown == self.name {
+            RANK_CLAIMED
+        } else {
+            RANK_COLLISION
+        }
+    }
+}
+
+fn wish_key(entry: &[u8], rank: u8, id: NodeId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(entry.len() + 18);
+    k.extend_from_slice(entry);
+    k.push(0);
+    k.push(rank);
+    k.extend_from_slice(&id.to_bytes());
+    k
 }
 
 /// A fork entry's target.
@@ -124,6 +155,7 @@ pub(crate) struct Tables<'txn> {
     pub nodes: Table<'txn, u128, &'static [u8]>,
     pub claims: Table<'txn, &'static [u8], ()>,
     pub entries: Table<'txn, &'static [u8], u128>,
+    pub wishes: Table<'txn, &'static [u8], ()>,
     pub forks: Table<'txn, u128, &'static [u8]>,
     pub detached: Table<'txn, u128, ()>,
     pub tombstones: Table<'txn, u128, u64>,
@@ -139,6 +171,7 @@ impl<'txn> Tables<'txn> {
             nodes: txn.open_table(NODES)?,
             claims: txn.open_table(CLAIMS)?,
             entries: txn.open_table(ENTRIES)?,
+            wishes: txn.open_table(WISHES)?,
             forks: txn.open_table(FORKS)?,
             detached: txn.open_table(DETACHED)?,
             tombstones: txn.open_table(TOMBSTONES)?,
@@ -239,37 +272,14 @@ impl<'txn> Tables<'txn> {
     /// Removes a node's shown entries (its own and its forks').
     fn unlist(&mut self, id: NodeId, listing: &Listing) -> Result<()> {
         let key = entry_key(listing.parent, listing.shown.as_bytes());
-        if self
-            .entries
-            .get(key.as_slice())?
-            .is_some_and(|v| v.value() == id.0)
-        {
-            self.entries.remove(key.as_slice())?;
-            self.notes.push(Notification {
-                node: id,
-                kind: NotificationKind::EntryRemoved {
-                    parent: listing.parent,
-                    name: listing.shown.clone(),
-                },
-            });
-        }
+        self.unwish(&key, listing.rank(), id)?;
         for (fork_id, shown) in &listing.forks {
-            let key = entry_key(listing.parent, shown.as_bytes());
-            if self
-                .entries
-                .get(key.as_slice())?
-                .is_some_and(|v| v.value() == fork_id.0)
-            {
-                self.entries.remove(key.as_slice())?;
-            }
+            self.unwish(
+                &entry_key(listing.parent, shown.as_bytes()),
+                RANK_FORK,
+                *fork_id,
+            )?;
             self.forks.remove(fork_id.0)?;
-            self.notes.push(Notification {
-                node: *fork_id,
-                kind: NotificationKind::EntryRemoved {
-                    parent: listing.parent,
-                    name: shown.clone(),
-                },
-            });
         }
         Ok(())
     }
@@ -326,28 +336,71 @@ impl<'txn> Tables<'txn> {
 
     fn list(&mut self, id: NodeId, view: &Version, listing: &Listing) -> Result<()> {
         let key = entry_key(listing.parent, listing.shown.as_bytes());
-        self.entries.insert(key.as_slice(), id.0)?;
-        self.notes.push(Notification {
-            node: id,
-            kind: NotificationKind::EntryAdded {
-                parent: listing.parent,
-                name: listing.shown.clone(),
-            },
-        });
+        self.wish(&key, listing.rank(), id)?;
         for ((fork_id, shown), (dot, _)) in listing.forks.iter().zip(view.visible_forks()) {
-            let key = entry_key(listing.parent, shown.as_bytes());
-            self.entries.insert(key.as_slice(), fork_id.0)?;
             let target = ForkRef {
                 node: id,
                 dot: dot.clone(),
             };
             self.forks.insert(fork_id.0, encode(&target).as_slice())?;
+            self.wish(
+                &entry_key(listing.parent, shown.as_bytes()),
+                RANK_FORK,
+                *fork_id,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records that `id` wants to be shown at entry `key`, and re-decides it.
+    fn wish(&mut self, key: &[u8], rank: u8, id: NodeId) -> Result<()> {
+        self.wishes.insert(wish_key(key, rank, id).as_slice(), ())?;
+        self.decide_entry(key)
+    }
+
+    fn unwish(&mut self, key: &[u8], rank: u8, id: NodeId) -> Result<()> {
+        self.wishes.remove(wish_key(key, rank, id).as_slice())?;
+        self.decide_entry(key)
+    }
+
+    /// Shows at `key` the best of the nodes that want it: a node under the name
+    /// it claims, then a node under a collision name, then a fork; the smaller
+    /// id among equals. A function of the wishes alone, so of the node states.
+    fn decide_entry(&mut self, key: &[u8]) -> Result<()> {
+        let mut prefix = key.to_vec();
+        prefix.push(0);
+        let end = prefix_end(&prefix);
+        let best = match self.wishes.range(prefix.as_slice()..end.as_slice())?.next() {
+            Some(item) => {
+                let (k, _) = item?;
+                let k = k.value();
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&k[k.len() - 16..]);
+                Some(NodeId::from_bytes(id))
+            }
+            None => None,
+        };
+        let current = self.entries.get(key)?.map(|v| NodeId(v.value()));
+        if current == best {
+            return Ok(());
+        }
+        let parent = NodeId::from_bytes(key[..16].try_into().unwrap_or([0; 16]));
+        let name = Name::new(key[16..].to_vec()).map_err(|e| Error::CorruptEntry(e.to_string()))?;
+        if let Some(old) = current {
+            self.entries.remove(key)?;
             self.notes.push(Notification {
-                node: *fork_id,
-                kind: NotificationKind::EntryAdded {
-                    parent: listing.parent,
-                    name: shown.clone(),
+                node: old,
+                kind: NotificationKind::EntryRemoved {
+                    parent,
+                    name: name.clone(),
                 },
+            });
+        }
+        if let Some(new) = best {
+            self.entries.insert(key, new.0)?;
+            self.notes.push(Notification {
+                node: new,
+                kind: NotificationKind::EntryAdded { parent, name },
             });
         }
         Ok(())
