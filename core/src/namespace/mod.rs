@@ -305,6 +305,7 @@ impl Namespace {
                     },
                 )?;
             }
+            t.finish()?;
         }
         txn.commit()?;
         let (notify_tx, _) = broadcast::channel(NOTIFICATION_CAPACITY);
@@ -537,7 +538,7 @@ impl Namespace {
                 t: Tables::open(&txn, clock::system_ms())?,
             };
             let out = f(&mut local)?;
-            (out, std::mem::take(&mut local.t.notes))
+            (out, local.t.finish()?)
         };
         txn.commit()?;
         self.committed.fetch_add(1, Ordering::SeqCst);
@@ -816,7 +817,7 @@ impl Namespace {
         let (outcome, notes) = {
             let mut t = Tables::open(&txn, clock::system_ms())?;
             let outcome = integrate(&mut t, &self.policy, event.node, event.version.clone())?;
-            (outcome, std::mem::take(&mut t.notes))
+            (outcome, t.finish()?)
         };
         txn.commit()?;
         self.committed.fetch_add(1, Ordering::SeqCst);
@@ -849,7 +850,7 @@ impl Namespace {
                     event.version.clone(),
                 )?);
             }
-            (outcomes, std::mem::take(&mut t.notes))
+            (outcomes, t.finish()?)
         };
         txn.commit()?;
         self.committed.fetch_add(1, Ordering::SeqCst);
@@ -1007,6 +1008,7 @@ fn integrate(
     // Canonical order, so the stored record does not depend on arrival order.
     rec.heads.sort_by(|a, b| a.write.stamp.cmp(&b.write.stamp));
     let old_parent = rec.view.meta.parent;
+    let (was_open, was_deleted) = (rec.open_conflict, rec.view.meta.deleted);
     let mut outcome = ApplyOutcome::Applied;
     rec.open_conflict = false;
     if rec.heads.len() == 1 {
@@ -1025,18 +1027,16 @@ fn integrate(
             }
         }
     }
-    if rec.open_conflict {
-        if t.conflicts.get(id.0)?.is_none() {
-            let now = t.now_ms;
-            t.conflicts.insert(id.0, now)?;
-        }
-    } else {
+    if rec.open_conflict && !was_open {
+        let now = t.now_ms;
+        t.conflicts.insert(id.0, now)?;
+    } else if !rec.open_conflict && was_open {
         t.conflicts.remove(id.0)?;
     }
-    if rec.view.meta.deleted {
+    if rec.view.meta.deleted && !was_deleted {
         let now = t.now_ms;
         t.tombstones.insert(id.0, now)?;
-    } else {
+    } else if !rec.view.meta.deleted && was_deleted {
         t.tombstones.remove(id.0)?;
     }
     let moved = rec.view.meta.parent != old_parent;

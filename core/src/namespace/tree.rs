@@ -26,7 +26,8 @@
 //!   the copy is still shown), the entry goes to a node under its own name, then
 //!   a node under a collision name, then a fork, then the smaller id.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,12 @@ pub(crate) const CONFLICTS: redb::TableDefinition<u128, u64> =
 /// How far a parent walk goes before it gives up: deeper trees are refused by
 /// the local operations long before this.
 const MAX_WALK: usize = 4096;
+
+/// A record in the transaction's cache.
+struct Cached {
+    rec: NodeRecord,
+    dirty: bool,
+}
 
 /// Where a node is listed now (so the listing can be removed exactly).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,10 +145,42 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+/// How a [`NodeRecord`] is stored: the view only when it differs from the
+/// single head (a conflict), so the common record holds one version, not two.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    heads: &'a [Version],
+    resolved: Option<&'a Version>,
+    open_conflict: bool,
+    listing: &'a Option<Listing>,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    heads: Vec<Version>,
+    resolved: Option<Version>,
+    open_conflict: bool,
+    listing: Option<Listing>,
+}
+
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<NodeRecord> {
-    postcard::from_bytes(bytes).map_err(|source| Error::Decode {
-        what: "node",
-        source,
+    let s: Stored =
+        postcard::from_bytes(bytes).map_err(|source| Error::Decode { what: "node", source })?;
+    let view = match (s.resolved, s.heads.first()) {
+        (Some(v), _) => v,
+        (None, Some(h)) => h.clone(),
+        (None, None) => return Err(Error::CorruptEntry("a node record without versions".into())),
+    };
+    Ok(NodeRecord { heads: s.heads, view, open_conflict: s.open_conflict, listing: s.listing })
+}
+
+pub(crate) fn encode_record(rec: &NodeRecord) -> Vec<u8> {
+    let resolved = (rec.heads.len() != 1 || rec.heads[0] != rec.view).then_some(&rec.view);
+    encode(&StoredRef {
+        heads: &rec.heads,
+        resolved,
+        open_conflict: rec.open_conflict,
+        listing: &rec.listing,
     })
 }
 
@@ -160,6 +199,9 @@ pub(crate) struct Tables<'txn> {
     pub detached: Table<'txn, u128, ()>,
     pub tombstones: Table<'txn, u128, u64>,
     pub conflicts: Table<'txn, u128, u64>,
+    /// Records read or written in this transaction, decoded once and written
+    /// once (at [`Tables::finish`]), however often the tree logic touches them.
+    cache: RefCell<HashMap<u128, Cached>>,
     /// Changes to report once the transaction commits.
     pub notes: Vec<Notification>,
     pub now_ms: u64,
@@ -176,21 +218,40 @@ impl<'txn> Tables<'txn> {
             detached: txn.open_table(DETACHED)?,
             tombstones: txn.open_table(TOMBSTONES)?,
             conflicts: txn.open_table(CONFLICTS)?,
+            cache: RefCell::new(HashMap::new()),
             notes: Vec::new(),
             now_ms,
         })
     }
 
     pub fn load(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        if let Some(c) = self.cache.borrow().get(&id.0) {
+            return Ok(Some(c.rec.clone()));
+        }
         match self.nodes.get(id.0)? {
-            Some(v) => Ok(Some(decode_record(v.value())?)),
+            Some(v) => {
+                let rec = decode_record(v.value())?;
+                self.cache.borrow_mut().insert(id.0, Cached { rec: rec.clone(), dirty: false });
+                Ok(Some(rec))
+            }
             None => Ok(None),
         }
     }
 
     pub fn save(&mut self, id: NodeId, rec: &NodeRecord) -> Result<()> {
-        self.nodes.insert(id.0, encode(rec).as_slice())?;
+        self.cache.get_mut().insert(id.0, Cached { rec: rec.clone(), dirty: true });
         Ok(())
+    }
+
+    /// Writes the changed records and hands back the notifications; call once,
+    /// before the transaction commits.
+    pub fn finish(mut self) -> Result<Vec<Notification>> {
+        for (id, c) in self.cache.get_mut().drain() {
+            if c.dirty {
+                self.nodes.insert(id, encode_record(&c.rec).as_slice())?;
+            }
+        }
+        Ok(self.notes)
     }
 
     /// The node listed under `name` in `parent`, if any.
@@ -257,14 +318,23 @@ impl<'txn> Tables<'txn> {
                 self.unlist(id, &old)?;
                 self.save(id, &rec)?;
                 self.regroup(old.parent, &old.name)?;
-                work.push(old.parent);
+                self.push_if_deleted(&mut work, old.parent)?;
             }
             if let Some((p, name)) = want {
                 self.claims.insert(claim_key(p, &name, id).as_slice(), ())?;
                 self.save(id, &rec)?;
                 self.regroup(p, &name)?;
-                work.push(p);
+                self.push_if_deleted(&mut work, p)?;
             }
+        }
+        Ok(())
+    }
+
+    /// A parent's own listing depends on its children only while it is deleted
+    /// (it is kept for them); a live parent is listed whatever they do.
+    fn push_if_deleted(&self, work: &mut Vec<NodeId>, parent: NodeId) -> Result<()> {
+        if self.load(parent)?.is_some_and(|p| p.view.meta.deleted) {
+            work.push(parent);
         }
         Ok(())
     }
