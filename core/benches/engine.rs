@@ -443,13 +443,15 @@ fn bench_create(s: &Settings) -> BenchResult {
     let dirs = 10;
     let sync_every = 100;
     println!(
-        "[4] local creates on an on-disk engine, one thread, files spread over {dirs} dirs, \
-         namespace.sync() every {sync_every} creates"
+        "[4] local creates on an on-disk engine, files spread over {dirs} dirs, \
+         namespace.sync() every {sync_every} creates of each thread"
     );
-    for variant in [
-        CreateVariant::ThenWriteContent,
-        CreateVariant::ContentInCreate,
-        CreateVariant::NoContent,
+    for (variant, threads) in [
+        (CreateVariant::ThenWriteContent, 1),
+        (CreateVariant::ContentInCreate, 1),
+        (CreateVariant::NoContent, 1),
+        (CreateVariant::ContentInCreate, 4),
+        (CreateVariant::NoContent, 4),
     ] {
         // The content variants fsync every file: fewer of them keeps the bench short.
         let n = s.n(if variant == CreateVariant::NoContent {
@@ -478,7 +480,9 @@ fn bench_create(s: &Settings) -> BenchResult {
                 (0..n).map(small_content).collect()
             };
             let start = Instant::now();
-            for i in 0..n {
+            // Each worker creates every `threads`-th file; concurrent creates
+            // share commits (group commit), and so do concurrent syncs.
+            let create_one = |i: usize| -> BenchResult {
                 let parent = dir_ids[i % dirs];
                 let name = format!("file-{i:06}.txt");
                 match variant {
@@ -502,10 +506,27 @@ fn bench_create(s: &Settings) -> BenchResult {
                         ns.create(parent, name.as_bytes(), NewNode::file(0o644))?;
                     }
                 }
-                if (i + 1).is_multiple_of(sync_every) {
+                if (i / threads + 1).is_multiple_of(sync_every) {
                     ns.sync()?;
                 }
-            }
+                Ok(())
+            };
+            std::thread::scope(|scope| -> BenchResult {
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let create_one = &create_one;
+                        scope.spawn(move || -> Result<(), String> {
+                            (t..n)
+                                .step_by(threads)
+                                .try_for_each(|i| create_one(i).map_err(|e| e.to_string()))
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    w.join().map_err(|_| "create worker panicked")??;
+                }
+                Ok(())
+            })?;
             ns.sync()?;
             let time = start.elapsed();
             // Every create (and write) queued one event; every file is listed.
@@ -536,7 +557,7 @@ fn bench_create(s: &Settings) -> BenchResult {
             }
         };
         report_rate(
-            &format!("{label}, {n} files"),
+            &format!("{label}, {threads} thread(s), {n} files"),
             per_sec(n, time),
             "creates/s",
             20_000.0,

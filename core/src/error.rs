@@ -148,6 +148,10 @@ pub enum Error {
         region: crate::clock::RegionId,
     },
 
+    /// The shared commit this change was part of failed; the change did not land.
+    #[error("commit failed, the change did not land: {0}")]
+    GroupCommit(String),
+
     /// A change event that cannot be right, whatever the local state.
     #[error("invalid change event for node {node}: {reason}")]
     InvalidEvent { node: String, reason: String },

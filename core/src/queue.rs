@@ -674,6 +674,8 @@ struct Tables<'txn> {
     inflight: redb::Table<'txn, u64, ()>,
     age: redb::Table<'txn, &'static [u8; AGE_KEY_LEN], ()>,
     meta: redb::Table<'txn, &'static str, u64>,
+    /// The counters as read, so only the changed ones are written back.
+    loaded: Option<Counters>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -684,21 +686,33 @@ impl<'txn> Tables<'txn> {
             inflight: txn.open_table(INFLIGHT)?,
             age: txn.open_table(AGE)?,
             meta: txn.open_table(META)?,
+            loaded: None,
         })
     }
 
-    fn counters(&self) -> Result<Counters> {
-        Counters::load(&self.meta)
+    fn counters(&mut self) -> Result<Counters> {
+        let counters = Counters::load(&self.meta)?;
+        self.loaded = Some(counters.clone());
+        Ok(counters)
     }
 
+    /// Writes the counters that differ from those read by [`Tables::counters`].
     fn store_counters(&mut self, counters: &Counters) -> Result<()> {
-        self.meta.insert(META_NEXT_ID, counters.next_id)?;
-        for (name, value) in META_PENDING.iter().zip(counters.pending) {
-            self.meta.insert(*name, value)?;
+        let old = self.loaded.take().unwrap_or_default();
+        let mut put = |name: &'static str, old: u64, new: u64| -> Result<()> {
+            if old != new {
+                self.meta.insert(name, new)?;
+            }
+            Ok(())
+        };
+        put(META_NEXT_ID, old.next_id, counters.next_id)?;
+        for ((name, old), new) in META_PENDING.iter().zip(old.pending).zip(counters.pending) {
+            put(name, old, new)?;
         }
-        self.meta.insert(META_INFLIGHT, counters.inflight)?;
-        self.meta.insert(META_RETRYING, counters.retrying)?;
-        self.meta.insert(META_DEAD, counters.dead)?;
+        put(META_INFLIGHT, old.inflight, counters.inflight)?;
+        put(META_RETRYING, old.retrying, counters.retrying)?;
+        put(META_DEAD, old.dead, counters.dead)?;
+        self.loaded = Some(counters.clone());
         Ok(())
     }
 
@@ -802,7 +816,7 @@ impl<'txn> Tables<'txn> {
 }
 
 /// The persisted counters of `queue_meta`.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Counters {
     next_id: u64,
     pending: [u64; 4],

@@ -10,14 +10,14 @@
 //! already seen is a duplicate), causal (vector clocks decide), and resolved by
 //! the path's conflict strategy (see `conflict`). The derived tree is in `tree`.
 
+mod group;
 mod tree;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -223,8 +223,8 @@ pub struct Namespace {
     queue: Arc<SyncQueue>,
     content: Arc<ContentStore>,
     notify_tx: broadcast::Sender<Notification>,
-    /// Commits made (non-durably) so far.
-    committed: AtomicU64,
+    /// Shares write transactions between concurrent changes.
+    group: group::GroupCommit,
     /// How many of them are known durable; the lock elects one flusher at a time.
     durable: Mutex<u64>,
 }
@@ -317,7 +317,7 @@ impl Namespace {
             queue,
             content,
             notify_tx,
-            committed: AtomicU64::new(0),
+            group: group::GroupCommit::default(),
             durable: Mutex::new(0),
         })
     }
@@ -526,30 +526,32 @@ impl Namespace {
 
     // ----- local changes -----
 
-    /// Runs `f` in one write transaction and commits it non-durably: the change
-    /// and its queued events land together or not at all.
+    /// Runs `f` in a write transaction (shared with concurrent changes: see
+    /// `group`) and returns once it committed non-durably: the change and its
+    /// queued events land together or not at all.
     fn change<T>(&self, f: impl FnOnce(&mut Local<'_, '_>) -> Result<T>) -> Result<T> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let (out, notes) = {
-            let mut local = Local {
-                ns: self,
-                txn: &txn,
-                t: Tables::open(&txn, clock::system_ms())?,
-            };
-            let out = f(&mut local)?;
-            (out, local.t.finish()?)
-        };
-        txn.commit()?;
-        self.committed.fetch_add(1, Ordering::SeqCst);
-        if !notes.is_empty() {
-            self.queue.notify_enqueued();
-        }
+        let (out, notes) = self.group.run(&self.db, |txn| {
+            let t = Tables::open(txn, clock::system_ms()).map_err(|e| (e, false))?;
+            let mut local = Local { ns: self, txn, t };
+            match f(&mut local) {
+                Ok(out) => local
+                    .t
+                    .finish()
+                    .map(|notes| (out, notes))
+                    .map_err(|e| (e, true)),
+                Err(e) => Err((e, local.t.mutated())),
+            }
+        })?;
+        self.queue.notify_enqueued();
+        self.publish(notes);
+        Ok(out)
+    }
+
+    fn publish(&self, notes: Vec<Notification>) {
         for n in notes {
             // No subscriber is not an error.
             let _ = self.notify_tx.send(n);
         }
-        Ok(out)
     }
 
     /// Creates a node named `name` in `parent`.
@@ -812,18 +814,17 @@ impl Namespace {
             // forever); only our clock refuses to follow it into the future.
             tracing::warn!(%drift, node = %event.node, "remote stamp too far ahead");
         }
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let (outcome, notes) = {
-            let mut t = Tables::open(&txn, clock::system_ms())?;
-            let outcome = integrate(&mut t, &self.policy, event.node, event.version.clone())?;
-            (outcome, t.finish()?)
-        };
-        txn.commit()?;
-        self.committed.fetch_add(1, Ordering::SeqCst);
-        for n in notes {
-            let _ = self.notify_tx.send(n);
-        }
+        let (outcome, notes) = self.group.run(&self.db, |txn| {
+            let mut t = Tables::open(txn, clock::system_ms()).map_err(|e| (e, false))?;
+            match integrate(&mut t, &self.policy, event.node, event.version.clone()) {
+                Ok(outcome) => t
+                    .finish()
+                    .map(|notes| (outcome, notes))
+                    .map_err(|e| (e, true)),
+                Err(e) => Err((e, t.mutated())),
+            }
+        })?;
+        self.publish(notes);
         Ok(outcome)
     }
 
@@ -837,26 +838,20 @@ impl Namespace {
                 tracing::warn!(%drift, node = %event.node, "remote stamp too far ahead");
             }
         }
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let (outcomes, notes) = {
-            let mut t = Tables::open(&txn, clock::system_ms())?;
+        let (outcomes, notes) = self.group.run(&self.db, |txn| {
+            let mut t = Tables::open(txn, clock::system_ms()).map_err(|e| (e, false))?;
             let mut outcomes = Vec::with_capacity(events.len());
             for event in events {
-                outcomes.push(integrate(
-                    &mut t,
-                    &self.policy,
-                    event.node,
-                    event.version.clone(),
-                )?);
+                match integrate(&mut t, &self.policy, event.node, event.version.clone()) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(e) => return Err((e, t.mutated())),
+                }
             }
-            (outcomes, t.finish()?)
-        };
-        txn.commit()?;
-        self.committed.fetch_add(1, Ordering::SeqCst);
-        for n in notes {
-            let _ = self.notify_tx.send(n);
-        }
+            t.finish()
+                .map(|notes| (outcomes, notes))
+                .map_err(|e| (e, true))
+        })?;
+        self.publish(notes);
         Ok(outcomes)
     }
 
@@ -865,12 +860,12 @@ impl Namespace {
     /// Makes every change committed before this call durable (content files
     /// first, then one metadata flush). Concurrent callers share one flush.
     pub fn sync(&self) -> Result<()> {
-        let target = self.committed.load(Ordering::SeqCst);
+        let target = self.group.committed();
         let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         if *durable >= target {
             return Ok(());
         }
-        let upto = self.committed.load(Ordering::SeqCst);
+        let upto = self.group.committed();
         self.content.sync_pending()?;
         let txn = self.db.begin_write()?;
         txn.commit()?;

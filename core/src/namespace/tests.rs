@@ -697,3 +697,47 @@ fn sync_makes_commits_durable_across_reopen() {
     assert_eq!(names(&e.namespace), vec!["/kept"]);
     assert_eq!(e.queue.len().unwrap(), 2);
 }
+
+/// Concurrent changes share commits; every one lands, and a change that fails
+/// (a name taken) fails alone.
+#[test]
+fn concurrent_changes_share_commits_and_fail_alone() {
+    let (_d, e) = engine("eu", Strategy::LastWriterWins);
+    let ns = e.namespace.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let ns = ns.clone();
+            std::thread::spawn(move || {
+                let mut taken = 0;
+                for i in 0..100 {
+                    // Threads 0 and 1 race for the same names: one of each pair fails.
+                    let name = if t < 2 {
+                        format!("shared-{i}")
+                    } else {
+                        format!("t{t}-{i}")
+                    };
+                    match ns.create(NodeId::ROOT, name.as_bytes(), NewNode::file(0o644)) {
+                        Ok(_) => {}
+                        Err(Error::AlreadyExists(_)) => taken += 1,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+                taken
+            })
+        })
+        .collect();
+    let taken: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(taken, 100, "each shared name is created exactly once");
+    assert_eq!(ns.tree().unwrap().len(), 700);
+    assert_eq!(
+        e.queue.len().unwrap(),
+        700,
+        "one event per landed change, none for the failed ones"
+    );
+    // 800 changes ran (100 of them failed); never more commits than changes.
+    assert!(
+        ns.group.committed() <= 800,
+        "{} commits",
+        ns.group.committed()
+    );
+}

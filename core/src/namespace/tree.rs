@@ -164,14 +164,21 @@ struct Stored {
 }
 
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<NodeRecord> {
-    let s: Stored =
-        postcard::from_bytes(bytes).map_err(|source| Error::Decode { what: "node", source })?;
+    let s: Stored = postcard::from_bytes(bytes).map_err(|source| Error::Decode {
+        what: "node",
+        source,
+    })?;
     let view = match (s.resolved, s.heads.first()) {
         (Some(v), _) => v,
         (None, Some(h)) => h.clone(),
         (None, None) => return Err(Error::CorruptEntry("a node record without versions".into())),
     };
-    Ok(NodeRecord { heads: s.heads, view, open_conflict: s.open_conflict, listing: s.listing })
+    Ok(NodeRecord {
+        heads: s.heads,
+        view,
+        open_conflict: s.open_conflict,
+        listing: s.listing,
+    })
 }
 
 pub(crate) fn encode_record(rec: &NodeRecord) -> Vec<u8> {
@@ -202,6 +209,9 @@ pub(crate) struct Tables<'txn> {
     /// Records read or written in this transaction, decoded once and written
     /// once (at [`Tables::finish`]), however often the tree logic touches them.
     cache: RefCell<HashMap<u128, Cached>>,
+    /// Whether this change wrote anything yet (a failure after a write
+    /// must not commit).
+    mutated: bool,
     /// Changes to report once the transaction commits.
     pub notes: Vec<Notification>,
     pub now_ms: u64,
@@ -219,6 +229,7 @@ impl<'txn> Tables<'txn> {
             tombstones: txn.open_table(TOMBSTONES)?,
             conflicts: txn.open_table(CONFLICTS)?,
             cache: RefCell::new(HashMap::new()),
+            mutated: false,
             notes: Vec::new(),
             now_ms,
         })
@@ -231,15 +242,32 @@ impl<'txn> Tables<'txn> {
         match self.nodes.get(id.0)? {
             Some(v) => {
                 let rec = decode_record(v.value())?;
-                self.cache.borrow_mut().insert(id.0, Cached { rec: rec.clone(), dirty: false });
+                self.cache.borrow_mut().insert(
+                    id.0,
+                    Cached {
+                        rec: rec.clone(),
+                        dirty: false,
+                    },
+                );
                 Ok(Some(rec))
             }
             None => Ok(None),
         }
     }
 
+    pub fn mutated(&self) -> bool {
+        self.mutated
+    }
+
     pub fn save(&mut self, id: NodeId, rec: &NodeRecord) -> Result<()> {
-        self.cache.get_mut().insert(id.0, Cached { rec: rec.clone(), dirty: true });
+        self.mutated = true;
+        self.cache.get_mut().insert(
+            id.0,
+            Cached {
+                rec: rec.clone(),
+                dirty: true,
+            },
+        );
         Ok(())
     }
 

@@ -910,7 +910,11 @@ fn syncfs(dir: &Path) -> io::Result<()> {
     let dir = File::open(dir)?;
     // SAFETY: syncfs on a file descriptor owned by `dir`, alive for the call; no memory is passed.
     let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
