@@ -446,6 +446,25 @@ fn bench_create(s: &Settings) -> BenchResult {
         "[4] local creates on an on-disk engine, files spread over {dirs} dirs, \
          namespace.sync() every {sync_every} creates of each thread"
     );
+    // What one durable flush costs here: the floor under any "sync every N".
+    {
+        let tmp = tempfile::tempdir()?;
+        let engine = Engine::open(tmp.path(), engine_config("eu"))?;
+        let ns = &engine.namespace;
+        let mut times = Vec::new();
+        for i in 0..s.n(200).max(20) {
+            ns.create(NodeId::ROOT, format!("probe-{i}").as_bytes(), NewNode::file(0o644))?;
+            let start = Instant::now();
+            ns.sync()?;
+            times.push(start.elapsed());
+        }
+        times.sort();
+        println!(
+            "durable flush (namespace.sync after one create): median {:.2} ms, p90 {:.2} ms (info)",
+            times[times.len() / 2].as_secs_f64() * 1e3,
+            times[times.len() * 9 / 10].as_secs_f64() * 1e3
+        );
+    }
     for (variant, threads) in [
         (CreateVariant::ThenWriteContent, 1),
         (CreateVariant::ContentInCreate, 1),

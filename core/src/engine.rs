@@ -12,7 +12,7 @@ use crate::clock::Hlc;
 use crate::namespace::{Namespace, NamespaceConfig};
 use crate::queue::{QueueConfig, SyncQueue};
 use crate::store::content::{ContentConfig, ContentStore};
-use crate::store::{memory_database, open_database};
+use crate::store::{memory_database, open_database_with_cache};
 
 /// Everything an engine needs to open.
 #[derive(Clone, Debug)]
@@ -20,6 +20,8 @@ pub struct EngineConfig {
     pub namespace: NamespaceConfig,
     pub queue: QueueConfig,
     pub content: ContentConfig,
+    /// The metadata store's page cache budget in bytes.
+    pub meta_cache_bytes: usize,
 }
 
 impl EngineConfig {
@@ -28,6 +30,7 @@ impl EngineConfig {
             namespace,
             queue: QueueConfig::default(),
             content: ContentConfig::default(),
+            meta_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -44,7 +47,7 @@ pub struct Engine {
 impl Engine {
     /// Opens (creating if needed) the state under `dir`.
     pub fn open(dir: &Path, config: EngineConfig) -> Result<Engine> {
-        let db = open_database(&dir.join("meta.redb"))?;
+        let db = open_database_with_cache(&dir.join("meta.redb"), config.meta_cache_bytes)?;
         Self::assemble(db, dir, config, None)
     }
 

@@ -20,14 +20,19 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// Small values the engine keeps: the local region's identity, the applied sequence, ...
 pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
-/// Opens (creating if needed) the metadata database at `path`.
+/// Opens (creating if needed) the metadata database at `path`, with the
+/// default page cache.
 pub fn open_database(path: &Path) -> Result<Arc<Database>> {
+    open_database_with_cache(path, DEFAULT_CACHE_BYTES)
+}
+
+/// Opens the metadata database with a page cache of at most `cache_bytes`: the
+/// only memory the metadata store holds that grows with the namespace.
+pub fn open_database_with_cache(path: &Path, cache_bytes: usize) -> Result<Arc<Database>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     }
-    let db = Database::builder()
-        .set_cache_size(DEFAULT_CACHE_BYTES)
-        .create(path)?;
+    let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
     Ok(Arc::new(db))
 }
 
