@@ -453,7 +453,11 @@ fn bench_create(s: &Settings) -> BenchResult {
         let ns = &engine.namespace;
         let mut times = Vec::new();
         for i in 0..s.n(200).max(20) {
-            ns.create(NodeId::ROOT, format!("probe-{i}").as_bytes(), NewNode::file(0o644))?;
+            ns.create(
+                NodeId::ROOT,
+                format!("probe-{i}").as_bytes(),
+                NewNode::file(0o644),
+            )?;
             let start = Instant::now();
             ns.sync()?;
             times.push(start.elapsed());

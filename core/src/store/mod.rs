@@ -32,7 +32,9 @@ pub fn open_database_with_cache(path: &Path, cache_bytes: usize) -> Result<Arc<D
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     }
-    let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)?;
     Ok(Arc::new(db))
 }
 
