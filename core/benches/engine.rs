@@ -476,6 +476,12 @@ fn bench_create(s: &Settings) -> BenchResult {
         (CreateVariant::ContentInCreate, 4),
         (CreateVariant::NoContent, 4),
     ] {
+        // GEOSYNC_BENCH_CREATE=nocontent (or content) narrows the runs, for profiling.
+        let filter = std::env::var("GEOSYNC_BENCH_CREATE").unwrap_or_default();
+        let is_nocontent = variant == CreateVariant::NoContent;
+        if (filter == "nocontent" && !is_nocontent) || (filter == "content" && is_nocontent) {
+            continue;
+        }
         // The content variants fsync every file: fewer of them keeps the bench short.
         let n = s.n(if variant == CreateVariant::NoContent {
             20_000
@@ -564,6 +570,13 @@ fn bench_create(s: &Settings) -> BenchResult {
                 .map(|d| ns.readdir(*d, None, usize::MAX).map(|e| e.len()))
                 .sum::<Result<usize, _>>()?;
             assert_eq!(listed, n);
+            if threads > 1 {
+                println!(
+                    "  ({threads} threads: {} changes in {} commits)",
+                    n * events_per_file + dirs,
+                    ns.commits()
+                );
+            }
             Ok(time)
         };
         run(n / 10)?; // warm-up

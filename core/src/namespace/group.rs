@@ -43,6 +43,14 @@ struct State {
     generation: u64,
     members: usize,
     poisoned: bool,
+}
+
+/// Ended groups, behind their own lock so that members waking up do not
+/// compete with the next group for the state lock.
+#[derive(Default)]
+struct Ended {
+    /// Groups `0..count` have ended.
+    count: u64,
     /// Why recent groups failed, by generation.
     failed: BTreeMap<u64, String>,
 }
@@ -51,8 +59,13 @@ struct State {
 #[derive(Default)]
 pub(crate) struct GroupCommit {
     state: Mutex<State>,
-    ended: Condvar,
-    /// Callers waiting for the state lock, so the leader knows whom to wait for.
+    ended: Mutex<Ended>,
+    /// Signalled when a group ends (its members may return).
+    ended_cv: Condvar,
+    /// Signalled when a joiner has run its change (the leader may commit).
+    joined: Condvar,
+    /// Callers that arrived and have not run their change yet: the leader waits
+    /// for them before it commits.
     joining: AtomicUsize,
     /// Groups committed so far (non-durably).
     committed: AtomicU64,
@@ -78,12 +91,19 @@ impl GroupCommit {
     ) -> Result<T> {
         self.joining.fetch_add(1, Ordering::SeqCst);
         let mut g = self.lock();
-        self.joining.fetch_sub(1, Ordering::SeqCst);
         let leader = g.txn.is_none();
         if leader {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::None)?;
-            g.txn = Some(txn);
+            let opened = db.begin_write().map_err(Error::from).and_then(|mut txn| {
+                txn.set_durability(Durability::None)?;
+                Ok(txn)
+            });
+            match opened {
+                Ok(txn) => g.txn = Some(txn),
+                Err(e) => {
+                    self.joining.fetch_sub(1, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
             g.members = 0;
         }
         let generation = g.generation;
@@ -96,23 +116,31 @@ impl GroupCommit {
             g.poisoned |= wrote;
             e
         });
+        self.joining.fetch_sub(1, Ordering::SeqCst);
         if !leader {
-            while g.generation == generation {
-                g = self.ended.wait(g).unwrap_or_else(|p| p.into_inner());
+            drop(g);
+            self.joined.notify_one();
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            while ended.count <= generation {
+                ended = self.ended_cv.wait(ended).unwrap_or_else(|p| p.into_inner());
             }
-            return match g.failed.get(&generation) {
+            return match ended.failed.get(&generation) {
                 Some(why) => Err(Error::GroupCommit(why.clone())),
                 None => outcome,
             };
         }
-        let start = Instant::now();
-        while self.joining.load(Ordering::SeqCst) > 0
-            && g.members < MAX_GROUP_CHANGES
-            && start.elapsed() < MAX_GROUP_WAIT
-        {
-            drop(g);
-            std::thread::yield_now();
-            g = self.lock();
+        // Let every caller that arrived meanwhile run its change first.
+        let deadline = Instant::now() + MAX_GROUP_WAIT;
+        while self.joining.load(Ordering::SeqCst) > 0 && g.members < MAX_GROUP_CHANGES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = self
+                .joined
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         let txn = g.txn.take();
         let committed = match (txn, g.poisoned) {
@@ -126,17 +154,22 @@ impl GroupCommit {
             (None, _) => Err(Error::GroupCommit("no open transaction".into())),
         };
         g.poisoned = false;
-        if let Err(e) = &committed {
-            g.failed.insert(generation, e.to_string());
-            while g.failed.len() > FAILED_GROUPS_KEPT {
-                g.failed.pop_first();
-            }
-        } else {
+        g.generation += 1;
+        if committed.is_ok() {
             self.committed.fetch_add(1, Ordering::SeqCst);
         }
-        g.generation += 1;
         drop(g);
-        self.ended.notify_all();
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = &committed {
+                ended.failed.insert(generation, e.to_string());
+                while ended.failed.len() > FAILED_GROUPS_KEPT {
+                    ended.failed.pop_first();
+                }
+            }
+            ended.count = generation + 1;
+        }
+        self.ended_cv.notify_all();
         committed?;
         outcome
     }

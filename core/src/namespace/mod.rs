@@ -338,6 +338,11 @@ impl Namespace {
         &self.hlc
     }
 
+    /// Write transactions committed so far (each may hold many changes).
+    pub fn commits(&self) -> u64 {
+        self.group.committed()
+    }
+
     /// Change notifications (entries added and removed, nodes changed), sent
     /// after each commit.
     pub fn subscribe(&self) -> broadcast::Receiver<Notification> {

@@ -734,6 +734,7 @@ fn concurrent_changes_share_commits_and_fail_alone() {
         700,
         "one event per landed change, none for the failed ones"
     );
+    eprintln!("{} commits for 800 changes", ns.group.committed());
     // 800 changes ran (100 of them failed); never more commits than changes.
     assert!(
         ns.group.committed() <= 800,
