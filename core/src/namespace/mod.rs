@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableDatabase, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -31,7 +31,10 @@ use crate::queue::SyncQueue;
 use crate::store::content::{ContentRef, ContentStore};
 use crate::{Error, Result};
 
-use tree::{ENTRIES, FORKS, ForkRef, Listing, Tables, decode_record, entry_key, prefix_end};
+use tree::{
+    ForkRef, INDEX, Listing, TAG_CONFLICT, TAG_ENTRY, TAG_FORK, Tables, decode_record, entry_key,
+    index_keys, node_value, tagged,
+};
 
 /// How many change notifications a slow subscriber may fall behind before it
 /// is told it lagged (and should re-read what it caches).
@@ -354,12 +357,12 @@ impl Namespace {
     /// The node at `name` in `parent`.
     pub fn lookup(&self, parent: NodeId, name: &[u8]) -> Result<NodeView> {
         let txn = self.db.begin_read()?;
-        let entries = txn.open_table(ENTRIES)?;
-        let id = entries
-            .get(entry_key(parent, name).as_slice())?
-            .map(|v| NodeId(v.value()))
-            .ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-        drop(entries);
+        let index = txn.open_table(INDEX)?;
+        let id = match index.get(tagged(TAG_ENTRY, &entry_key(parent, name)).as_slice())? {
+            Some(v) => node_value(v.value())?,
+            None => return Err(Error::NotFound(String::from_utf8_lossy(name).into_owned())),
+        };
+        drop(index);
         self.view_in(&txn, id)
     }
 
@@ -378,8 +381,8 @@ impl Namespace {
             }
             return Ok(Self::view_of(id, &rec));
         }
-        let forks = txn.open_table(FORKS)?;
-        let Some(fork) = forks.get(id.0)? else {
+        let index = txn.open_table(INDEX)?;
+        let Some(fork) = index.get(tagged(TAG_FORK, &id.to_bytes()).as_slice())? else {
             return Err(Error::NotFound(id.to_string()));
         };
         let fork: ForkRef = postcard::from_bytes(fork.value()).map_err(|source| Error::Decode {
@@ -450,27 +453,26 @@ impl Namespace {
         if view.meta.kind != NodeKind::Directory {
             return Err(Error::NotADirectory(view.meta.name.to_string()));
         }
-        let entries = txn.open_table(ENTRIES)?;
+        let index = txn.open_table(INDEX)?;
         let nodes = txn.open_table(tree::NODES)?;
-        let prefix = dir.to_bytes();
         let start = match after {
             Some(name) => {
-                let mut k = entry_key(dir, name);
+                let mut k = tagged(TAG_ENTRY, &entry_key(dir, name));
                 k.push(0);
                 k
             }
-            None => prefix.to_vec(),
+            None => tagged(TAG_ENTRY, &dir.to_bytes()),
         };
-        let end = prefix_end(&prefix);
+        let end = tree::prefix_end(&tagged(TAG_ENTRY, &dir.to_bytes()));
         let mut out = Vec::new();
-        for item in entries.range(start.as_slice()..end.as_slice())? {
+        for item in index.range(start.as_slice()..end.as_slice())? {
             if out.len() >= limit {
                 break;
             }
             let (k, v) = item?;
-            let name = Name::new(k.value()[16..].to_vec())
+            let name = Name::new(k.value()[17..].to_vec())
                 .map_err(|e| Error::CorruptEntry(e.to_string()))?;
-            let node = NodeId(v.value());
+            let node = node_value(v.value())?;
             let kind = match nodes.get(node.0)? {
                 Some(rec) => decode_record(rec.value())?.view.meta.kind,
                 None => NodeKind::File, // a fork entry: forks are files
@@ -506,12 +508,12 @@ impl Namespace {
     /// Open manual conflicts.
     pub fn conflicts(&self) -> Result<Vec<ConflictInfo>> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(tree::CONFLICTS)?;
+        let index = txn.open_table(INDEX)?;
         let nodes = txn.open_table(tree::NODES)?;
         let mut out = Vec::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            let node = NodeId(k.value());
+        for (k, v) in index_keys(&index, TAG_CONFLICT, &[], usize::MAX)? {
+            let node = node_value(&k)?;
+            let detected_ms = u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
             let Some(rec) = nodes.get(node.0)? else {
                 continue;
             };
@@ -522,7 +524,7 @@ impl Namespace {
                 node,
                 path,
                 strategy,
-                detected_ms: v.value(),
+                detected_ms,
                 versions: rec.heads,
             });
         }
@@ -977,7 +979,8 @@ fn integrate(
         let is_dir = rec.view.meta.kind == NodeKind::Directory;
         t.save(id, &rec)?;
         if rec.view.meta.deleted {
-            t.tombstones.insert(id.0, t.now_ms)?;
+            let now = t.now_ms.to_be_bytes();
+            t.ix_put(tree::TAG_TOMBSTONE, &id.to_bytes(), &now)?;
         }
         t.settle(id)?;
         if is_dir {
@@ -1029,15 +1032,15 @@ fn integrate(
     }
     if rec.open_conflict && !was_open {
         let now = t.now_ms;
-        t.conflicts.insert(id.0, now)?;
+        t.ix_put(tree::TAG_CONFLICT, &id.to_bytes(), &now.to_be_bytes())?;
     } else if !rec.open_conflict && was_open {
-        t.conflicts.remove(id.0)?;
+        t.ix_del(tree::TAG_CONFLICT, &id.to_bytes())?;
     }
     if rec.view.meta.deleted && !was_deleted {
         let now = t.now_ms;
-        t.tombstones.insert(id.0, now)?;
+        t.ix_put(tree::TAG_TOMBSTONE, &id.to_bytes(), &now.to_be_bytes())?;
     } else if !rec.view.meta.deleted && was_deleted {
-        t.tombstones.remove(id.0)?;
+        t.ix_del(tree::TAG_TOMBSTONE, &id.to_bytes())?;
     }
     let moved = rec.view.meta.parent != old_parent;
     let is_dir = rec.view.meta.kind == NodeKind::Directory;
@@ -1047,7 +1050,7 @@ fn integrate(
         kind: NotificationKind::Changed,
     });
     t.settle(id)?;
-    if is_dir && (moved || t.detached.iter()?.next().is_some()) {
+    if is_dir && (moved || t.any_detached()?) {
         t.check_cycles(id)?;
     }
     Ok(outcome)
@@ -1112,10 +1115,10 @@ impl Local<'_, '_> {
     }
 
     fn fork_target(&self, id: NodeId) -> Result<Option<(NodeId, Dot)>> {
-        let Some(v) = self.t.forks.get(id.0)? else {
+        let Some(v) = self.t.ix_get(TAG_FORK, &id.to_bytes())? else {
             return Ok(None);
         };
-        let f: ForkRef = postcard::from_bytes(v.value()).map_err(|source| Error::Decode {
+        let f: ForkRef = postcard::from_bytes(&v).map_err(|source| Error::Decode {
             what: "fork entry",
             source,
         })?;

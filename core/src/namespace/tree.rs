@@ -38,26 +38,63 @@ use crate::{Error, Result};
 use super::{NodeRecord, Notification, NotificationKind};
 
 pub(crate) const NODES: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("ns_nodes");
-/// `parent ++ name ++ 0 ++ node` for every listed node: the claimants of a name.
-/// Names hold no NUL byte, so `parent ++ name ++ 0` is an exact prefix.
-pub(crate) const CLAIMS: redb::TableDefinition<&[u8], ()> = redb::TableDefinition::new("ns_claims");
-/// `parent ++ shown name` -> node id: what readdir and lookup read.
-pub(crate) const ENTRIES: redb::TableDefinition<&[u8], u128> =
-    redb::TableDefinition::new("ns_entries");
-/// `entry key ++ 0 ++ rank ++ id`: every node or fork that wants to be shown
-/// at an entry; the first one (see `decide_entry`) is.
-pub(crate) const WISHES: redb::TableDefinition<&[u8], ()> = redb::TableDefinition::new("ns_wishes");
-/// Fork entry id -> the node and fork it shows.
-pub(crate) const FORKS: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("ns_forks");
-/// Cycle breakers currently shown under the root.
-pub(crate) const DETACHED: redb::TableDefinition<u128, ()> =
-    redb::TableDefinition::new("ns_detached");
-/// Deleted nodes and when this region learned of the deletion (for later GC).
-pub(crate) const TOMBSTONES: redb::TableDefinition<u128, u64> =
-    redb::TableDefinition::new("ns_tombstones");
-/// Open manual conflicts: node -> when detected here (ms).
-pub(crate) const CONFLICTS: redb::TableDefinition<u128, u64> =
-    redb::TableDefinition::new("ns_conflicts");
+/// Every index of the tree in one table (each distinct table a transaction
+/// writes costs a root-path copy at commit), keyed by a one-byte tag:
+///
+/// - `c ++ parent ++ name ++ 0 ++ node`: the claimants of a name (every listed
+///   node). Names hold no NUL byte, so `parent ++ name ++ 0` is an exact prefix.
+/// - `e ++ parent ++ shown name` -> node id: what readdir and lookup read.
+/// - `w ++ parent ++ shown name ++ 0 ++ rank ++ id`: every node or fork that
+///   wants to be shown at an entry; the first one (see `decide_entry`) is.
+/// - `f ++ fork id` -> the node and fork it shows.
+/// - `d ++ node`: cycle breakers currently shown under the root.
+/// - `t ++ node` -> ms: deleted nodes and when this region learned of it (GC).
+/// - `x ++ node` -> ms: open manual conflicts and when they were detected here.
+pub(crate) const INDEX: redb::TableDefinition<&[u8], &[u8]> =
+    redb::TableDefinition::new("ns_index");
+pub(crate) const TAG_CLAIM: u8 = b'c';
+pub(crate) const TAG_ENTRY: u8 = b'e';
+pub(crate) const TAG_WISH: u8 = b'w';
+pub(crate) const TAG_FORK: u8 = b'f';
+pub(crate) const TAG_DETACHED: u8 = b'd';
+pub(crate) const TAG_TOMBSTONE: u8 = b't';
+pub(crate) const TAG_CONFLICT: u8 = b'x';
+
+/// `tag ++ key`.
+pub(crate) fn tagged(tag: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(tag);
+    k.extend_from_slice(key);
+    k
+}
+
+/// A node id stored as an index value.
+pub(crate) fn node_value(bytes: &[u8]) -> Result<NodeId> {
+    let id: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| Error::CorruptEntry("a node id is not 16 bytes".into()))?;
+    Ok(NodeId::from_bytes(id))
+}
+
+/// The keys (tag stripped) under `tag ++ prefix`, in order.
+pub(crate) fn index_keys(
+    index: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    tag: u8,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let start = tagged(tag, prefix);
+    let end = prefix_end(&start);
+    let mut out = Vec::new();
+    for item in index.range(start.as_slice()..end.as_slice())? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item?;
+        out.push((k.value()[1..].to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
 
 /// How far a parent walk goes before it gives up: deeper trees are refused by
 /// the local operations long before this.
@@ -199,13 +236,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// The namespace's tables, open inside one write transaction.
 pub(crate) struct Tables<'txn> {
     pub nodes: Table<'txn, u128, &'static [u8]>,
-    pub claims: Table<'txn, &'static [u8], ()>,
-    pub entries: Table<'txn, &'static [u8], u128>,
-    pub wishes: Table<'txn, &'static [u8], ()>,
-    pub forks: Table<'txn, u128, &'static [u8]>,
-    pub detached: Table<'txn, u128, ()>,
-    pub tombstones: Table<'txn, u128, u64>,
-    pub conflicts: Table<'txn, u128, u64>,
+    index: Table<'txn, &'static [u8], &'static [u8]>,
     /// Records read or written in this transaction, decoded once and written
     /// once (at [`Tables::finish`]), however often the tree logic touches them.
     cache: RefCell<HashMap<u128, Cached>>,
@@ -221,13 +252,7 @@ impl<'txn> Tables<'txn> {
     pub fn open(txn: &'txn WriteTransaction, now_ms: u64) -> Result<Self> {
         Ok(Tables {
             nodes: txn.open_table(NODES)?,
-            claims: txn.open_table(CLAIMS)?,
-            entries: txn.open_table(ENTRIES)?,
-            wishes: txn.open_table(WISHES)?,
-            forks: txn.open_table(FORKS)?,
-            detached: txn.open_table(DETACHED)?,
-            tombstones: txn.open_table(TOMBSTONES)?,
-            conflicts: txn.open_table(CONFLICTS)?,
+            index: txn.open_table(INDEX)?,
             cache: RefCell::new(HashMap::new()),
             mutated: false,
             notes: Vec::new(),
@@ -282,32 +307,55 @@ impl<'txn> Tables<'txn> {
         Ok(self.notes)
     }
 
+    pub fn ix_get(&self, tag: u8, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .index
+            .get(tagged(tag, key).as_slice())?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub fn ix_put(&mut self, tag: u8, key: &[u8], value: &[u8]) -> Result<()> {
+        self.index.insert(tagged(tag, key).as_slice(), value)?;
+        Ok(())
+    }
+
+    pub fn ix_del(&mut self, tag: u8, key: &[u8]) -> Result<()> {
+        self.index.remove(tagged(tag, key).as_slice())?;
+        Ok(())
+    }
+
+    fn ix_any(&self, tag: u8, prefix: &[u8]) -> Result<bool> {
+        Ok(!index_keys(&self.index, tag, prefix, 1)?.is_empty())
+    }
+
+    fn ix_keys(&self, tag: u8, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(index_keys(&self.index, tag, prefix, usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
     /// The node listed under `name` in `parent`, if any.
     pub fn lookup(&self, parent: NodeId, name: &[u8]) -> Result<Option<NodeId>> {
-        Ok(self
-            .entries
-            .get(entry_key(parent, name).as_slice())?
-            .map(|v| NodeId(v.value())))
+        self.ix_get(TAG_ENTRY, &entry_key(parent, name))?
+            .map(|v| node_value(&v))
+            .transpose()
     }
 
     pub fn has_entries(&self, parent: NodeId) -> Result<bool> {
-        let start = parent.to_bytes();
-        let end = prefix_end(&start);
-        Ok(self
-            .entries
-            .range(start.as_slice()..end.as_slice())?
-            .next()
-            .is_some())
+        self.ix_any(TAG_ENTRY, &parent.to_bytes())
     }
 
     fn has_claims(&self, parent: NodeId) -> Result<bool> {
-        let start = parent.to_bytes();
-        let end = prefix_end(&start);
-        Ok(self
-            .claims
-            .range(start.as_slice()..end.as_slice())?
-            .next()
-            .is_some())
+        self.ix_any(TAG_CLAIM, &parent.to_bytes())
+    }
+
+    pub fn is_detached(&self, id: NodeId) -> Result<bool> {
+        Ok(self.ix_get(TAG_DETACHED, &id.to_bytes())?.is_some())
+    }
+
+    pub fn any_detached(&self) -> Result<bool> {
+        self.ix_any(TAG_DETACHED, &[])
     }
 
     /// Brings the listing of `start` (and, transitively, of every node whose
@@ -326,7 +374,7 @@ impl<'txn> Tables<'txn> {
             let kept = !rec.view.meta.deleted
                 || self.has_claims(id)?
                 || rec.view.visible_forks().next().is_some();
-            let parent = if self.detached.get(id.0)?.is_some() {
+            let parent = if self.is_detached(id)? {
                 NodeId::ROOT
             } else {
                 rec.view.meta.parent
@@ -341,15 +389,14 @@ impl<'txn> Tables<'txn> {
                 continue;
             }
             if let Some(old) = rec.listing.take() {
-                self.claims
-                    .remove(claim_key(old.parent, &old.name, id).as_slice())?;
+                self.ix_del(TAG_CLAIM, &claim_key(old.parent, &old.name, id))?;
                 self.unlist(id, &old)?;
                 self.save(id, &rec)?;
                 self.regroup(old.parent, &old.name)?;
                 self.push_if_deleted(&mut work, old.parent)?;
             }
             if let Some((p, name)) = want {
-                self.claims.insert(claim_key(p, &name, id).as_slice(), ())?;
+                self.ix_put(TAG_CLAIM, &claim_key(p, &name, id), &[])?;
                 self.save(id, &rec)?;
                 self.regroup(p, &name)?;
                 self.push_if_deleted(&mut work, p)?;
@@ -377,7 +424,7 @@ impl<'txn> Tables<'txn> {
                 RANK_FORK,
                 *fork_id,
             )?;
-            self.forks.remove(fork_id.0)?;
+            self.ix_del(TAG_FORK, &fork_id.to_bytes())?;
         }
         Ok(())
     }
@@ -385,15 +432,9 @@ impl<'txn> Tables<'txn> {
     /// Recomputes the shown names of every claimant of `(parent, name)` and
     /// rewrites their entries where they changed.
     fn regroup(&mut self, parent: NodeId, name: &Name) -> Result<()> {
-        let prefix = claim_prefix(parent, name);
-        let end = prefix_end(&prefix);
         let mut claimants = Vec::new();
-        for item in self.claims.range(prefix.as_slice()..end.as_slice())? {
-            let (k, _) = item?;
-            let k = k.value();
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&k[k.len() - 16..]);
-            let id = NodeId::from_bytes(id);
+        for k in self.ix_keys(TAG_CLAIM, &claim_prefix(parent, name))? {
+            let id = node_value(&k[k.len().saturating_sub(16)..])?;
             if let Some(rec) = self.load(id)? {
                 claimants.push((id, rec));
             }
@@ -440,7 +481,7 @@ impl<'txn> Tables<'txn> {
                 node: id,
                 dot: dot.clone(),
             };
-            self.forks.insert(fork_id.0, encode(&target).as_slice())?;
+            self.ix_put(TAG_FORK, &fork_id.to_bytes(), &encode(&target))?;
             self.wish(
                 &entry_key(listing.parent, shown.as_bytes()),
                 RANK_FORK,
@@ -452,12 +493,12 @@ impl<'txn> Tables<'txn> {
 
     /// Records that `id` wants to be shown at entry `key`, and re-decides it.
     fn wish(&mut self, key: &[u8], rank: u8, id: NodeId) -> Result<()> {
-        self.wishes.insert(wish_key(key, rank, id).as_slice(), ())?;
+        self.ix_put(TAG_WISH, &wish_key(key, rank, id), &[])?;
         self.decide_entry(key)
     }
 
     fn unwish(&mut self, key: &[u8], rank: u8, id: NodeId) -> Result<()> {
-        self.wishes.remove(wish_key(key, rank, id).as_slice())?;
+        self.ix_del(TAG_WISH, &wish_key(key, rank, id))?;
         self.decide_entry(key)
     }
 
@@ -467,25 +508,21 @@ impl<'txn> Tables<'txn> {
     fn decide_entry(&mut self, key: &[u8]) -> Result<()> {
         let mut prefix = key.to_vec();
         prefix.push(0);
-        let end = prefix_end(&prefix);
-        let best = match self.wishes.range(prefix.as_slice()..end.as_slice())?.next() {
-            Some(item) => {
-                let (k, _) = item?;
-                let k = k.value();
-                let mut id = [0u8; 16];
-                id.copy_from_slice(&k[k.len() - 16..]);
-                Some(NodeId::from_bytes(id))
-            }
+        let best = match index_keys(&self.index, TAG_WISH, &prefix, 1)?.first() {
+            Some((k, _)) => Some(node_value(&k[k.len().saturating_sub(16)..])?),
             None => None,
         };
-        let current = self.entries.get(key)?.map(|v| NodeId(v.value()));
+        let current = self
+            .ix_get(TAG_ENTRY, key)?
+            .map(|v| node_value(&v))
+            .transpose()?;
         if current == best {
             return Ok(());
         }
         let parent = NodeId::from_bytes(key[..16].try_into().unwrap_or([0; 16]));
         let name = Name::new(key[16..].to_vec()).map_err(|e| Error::CorruptEntry(e.to_string()))?;
         if let Some(old) = current {
-            self.entries.remove(key)?;
+            self.ix_del(TAG_ENTRY, key)?;
             self.notes.push(Notification {
                 node: old,
                 kind: NotificationKind::EntryRemoved {
@@ -495,7 +532,7 @@ impl<'txn> Tables<'txn> {
             });
         }
         if let Some(new) = best {
-            self.entries.insert(key, new.0)?;
+            self.ix_put(TAG_ENTRY, key, &new.to_bytes())?;
             self.notes.push(Notification {
                 node: new,
                 kind: NotificationKind::EntryAdded { parent, name },
@@ -508,8 +545,8 @@ impl<'txn> Tables<'txn> {
     /// `changed` moved, and re-settles the nodes whose place changed.
     pub fn check_cycles(&mut self, changed: NodeId) -> Result<()> {
         let mut candidates: BTreeSet<NodeId> = BTreeSet::new();
-        for item in self.detached.iter()? {
-            candidates.insert(NodeId(item?.0.value()));
+        for k in self.ix_keys(TAG_DETACHED, &[])? {
+            candidates.insert(node_value(&k)?);
         }
         let before = candidates.clone();
         candidates.insert(changed);
@@ -534,10 +571,10 @@ impl<'txn> Tables<'txn> {
             return Ok(());
         }
         for gone in before.difference(&breakers) {
-            self.detached.remove(gone.0)?;
+            self.ix_del(TAG_DETACHED, &gone.to_bytes())?;
         }
         for new in breakers.difference(&before) {
-            self.detached.insert(new.0, ())?;
+            self.ix_put(TAG_DETACHED, &new.to_bytes(), &[])?;
         }
         for id in before.symmetric_difference(&breakers) {
             self.settle(*id)?;
