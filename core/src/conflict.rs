@@ -154,16 +154,13 @@ pub fn resolve(heads: &[Version], strategy: &Strategy) -> Resolution {
             Resolution::Resolved(supersede(winner, &join, heads, losers))
         }
         Strategy::PrimaryWins(primary) => {
-            let from_primary = live
+            let newest_live = newest(live[0], live.iter().copied());
+            let winner = live
                 .iter()
                 .copied()
-                .filter(|h| h.write.stamp.region == *primary);
-            let newest_overall = newest(live[0], live.iter().copied());
-            let winner = from_primary.fold(None, |best: Option<&Version>, v| match best {
-                Some(b) if b.lww_key() >= v.lww_key() => Some(b),
-                _ => Some(v),
-            });
-            let winner = winner.unwrap_or(newest_overall);
+                .filter(|h| h.write.stamp.region == *primary)
+                .max_by(|a, b| a.lww_key().cmp(b.lww_key()))
+                .unwrap_or(newest_live);
             let losers = files.then_some(&live[..]);
             Resolution::Resolved(supersede(winner, &join, heads, losers))
         }
