@@ -285,6 +285,20 @@ impl Version {
             .filter(|(dot, _)| !self.dismissed.contains(*dot))
     }
 
+    /// The first version of a node: every field group written by `change`.
+    pub fn created(meta: NodeMeta, change: Change) -> Version {
+        Version {
+            meta,
+            vclock: [(change.stamp.region.clone(), change.counter)]
+                .into_iter()
+                .collect(),
+            changes: FieldChanges::all(&change),
+            write: change,
+            forks: BTreeMap::new(),
+            dismissed: BTreeSet::new(),
+        }
+    }
+
     /// The key that orders versions for last-writer-wins.
     pub fn lww_key(&self) -> &Timestamp {
         &self.write.stamp

@@ -24,8 +24,7 @@ use tokio::sync::broadcast;
 use crate::clock::{self, Causality, Hlc, RegionId, Timestamp, VectorClock};
 use crate::conflict::{self, ConflictPolicy, Resolution, Strategy};
 use crate::model::{
-    Change, ChangeEvent, ChangeOp, Dot, FieldChanges, Fork, Name, NodeId, NodeKind, NodeMeta,
-    Version,
+    Change, ChangeEvent, ChangeOp, Dot, Fork, Name, NodeId, NodeKind, NodeMeta, Version,
 };
 use crate::queue::SyncQueue;
 use crate::store::content::{ContentRef, ContentStore};
@@ -250,8 +249,9 @@ fn root_version() -> Version {
         },
         counter: 0,
     };
-    Version {
-        meta: NodeMeta {
+    // Counter 0: no region wrote it, so every region's first change dominates it.
+    Version::created(
+        NodeMeta {
             kind: NodeKind::Directory,
             parent: NodeId::ROOT,
             name: Name::new(b"root".to_vec()).unwrap_or_else(|_| unreachable!("a valid name")),
@@ -265,12 +265,8 @@ fn root_version() -> Version {
             xattrs: BTreeMap::new(),
             deleted: false,
         },
-        vclock: VectorClock::new(),
-        write: change.clone(),
-        changes: FieldChanges::all(&change),
-        forks: BTreeMap::new(),
-        dismissed: Default::default(),
-    }
+        change,
+    )
 }
 
 impl Namespace {
@@ -569,38 +565,27 @@ impl Namespace {
             if l.t.lookup(parent, name.as_bytes())?.is_some() {
                 return Err(Error::AlreadyExists(name.to_string()));
             }
-            let id = NodeId::random();
-            let change = l.ns.next_change(&VectorClock::new());
             let size = new.content.map(|c| c.size).unwrap_or(0);
             let size = if new.kind == NodeKind::Symlink {
                 new.target.as_ref().map_or(0, |t| t.len() as u64)
             } else {
                 size
             };
-            let version = Version {
-                meta: NodeMeta {
-                    kind: new.kind,
-                    parent,
-                    name,
-                    mode: new.mode & 0o7777,
-                    uid: new.uid,
-                    gid: new.gid,
-                    size,
-                    mtime_ns: new.mtime_ns,
-                    content: new.content,
-                    target: new.target,
-                    xattrs: BTreeMap::new(),
-                    deleted: false,
-                },
-                vclock: [(change.stamp.region.clone(), change.counter)]
-                    .into_iter()
-                    .collect(),
-                write: change.clone(),
-                changes: FieldChanges::all(&change),
-                forks: BTreeMap::new(),
-                dismissed: Default::default(),
+            let meta = NodeMeta {
+                kind: new.kind,
+                parent,
+                name,
+                mode: new.mode & 0o7777,
+                uid: new.uid,
+                gid: new.gid,
+                size,
+                mtime_ns: new.mtime_ns,
+                content: new.content,
+                target: new.target,
+                xattrs: BTreeMap::new(),
+                deleted: false,
             };
-            l.commit(id, ChangeOp::Create, version)?;
+            let id = l.create_node(meta)?;
             l.view(id)
         })
     }
@@ -1245,32 +1230,28 @@ impl Local<'_, '_> {
             .map(|(_, n)| n.clone())
             .ok_or_else(|| Error::NotFound(fork_id.to_string()))?;
         self.dismiss_fork(node, dot)?;
+        let meta = NodeMeta {
+            kind: NodeKind::File,
+            parent: listing.parent,
+            name: shown,
+            mode: fork.mode,
+            uid: rec.view.meta.uid,
+            gid: rec.view.meta.gid,
+            size: fork.size,
+            mtime_ns: fork.mtime_ns,
+            content: fork.content,
+            target: None,
+            xattrs: BTreeMap::new(),
+            deleted: false,
+        };
+        self.create_node(meta)
+    }
+
+    /// Creates a node with a fresh id, written by one local change.
+    fn create_node(&mut self, meta: NodeMeta) -> Result<NodeId> {
         let id = NodeId::random();
         let change = self.ns.next_change(&VectorClock::new());
-        let version = Version {
-            meta: NodeMeta {
-                kind: NodeKind::File,
-                parent: listing.parent,
-                name: shown,
-                mode: fork.mode,
-                uid: rec.view.meta.uid,
-                gid: rec.view.meta.gid,
-                size: fork.size,
-                mtime_ns: fork.mtime_ns,
-                content: fork.content,
-                target: None,
-                xattrs: BTreeMap::new(),
-                deleted: false,
-            },
-            vclock: [(change.stamp.region.clone(), change.counter)]
-                .into_iter()
-                .collect(),
-            write: change.clone(),
-            changes: FieldChanges::all(&change),
-            forks: BTreeMap::new(),
-            dismissed: Default::default(),
-        };
-        self.commit(id, ChangeOp::Create, version)?;
+        self.commit(id, ChangeOp::Create, Version::created(meta, change))?;
         Ok(id)
     }
 
