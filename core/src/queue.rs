@@ -6,25 +6,38 @@
 //!
 //! # Storage
 //!
-//! The queue lives in the region's redb [`Database`], next to other tables, in tables prefixed
-//! `queue_`:
+//! The queue lives in the region's redb [`Database`], next to other tables, in a single table
+//! named `queue` (`&[u8] -> &[u8]`). The first byte of every key is a tag that splits the table
+//! into keyspaces; the numbers in keys are big-endian, so keys compare like the numbers they
+//! encode:
 //!
-//! - `queue_items`: id -> postcard-encoded [`QueueItem`], every item in every state;
-//! - `queue_ready`: `priority(1) ++ due_at_ms(8) ++ id(8)` (big-endian) -> `()`, one entry per
-//!   [`Pending`](ItemState::Pending) or [`Retrying`](ItemState::Retrying) item;
-//! - `queue_inflight`: id -> `()`, one entry per [`InFlight`](ItemState::InFlight) item;
-//! - `queue_age`: `enqueued_at_ms(8) ++ id(8)` -> `()`, one entry per item that is not dead;
-//! - `queue_meta`: the next id and the per-state counters.
+//! - `i ++ id(8)` -> postcard-encoded [`QueueItem`], every item in every state;
+//! - `r ++ priority(1) ++ due_at_ms(8) ++ id(8)` -> empty, one entry per
+//!   [`Pending`](ItemState::Pending) or [`Retrying`](ItemState::Retrying) item (the ready index);
+//! - `f ++ id(8)` -> empty, one entry per [`InFlight`](ItemState::InFlight) item;
+//! - `a ++ enqueued_at_ms(8) ++ id(8)` -> empty, one entry per item that is not dead;
+//! - `m` -> one postcard-encoded record of the counters: the next id and the per-state counts.
 //!
-//! The `queue_ready` key makes the store order the service order: big-endian bytes compare like
-//! the numbers they encode, so the table iterates by priority (0 first), then by due time, then by
-//! id (the enqueue order). [`SyncQueue::take`] therefore reads, for each priority, the prefix of
-//! entries whose due time has passed and stops: it never visits items that are not ready, whatever
-//! the queue's length. Items not due yet (retries backing off) sort after the ready ones of their
-//! priority, so they cost nothing either. The per-state counters are updated in the same
-//! transactions as the items, so [`SyncQueue::stats`] is exact and O(1); `queue_age` answers the
-//! oldest item's age with one lookup; `queue_inflight` makes restart recovery proportional to the
-//! number of items in flight, not to the queue's length.
+//! A keyspace is read as the range of its tag (`r` up to, not including, `s`, and so on).
+//!
+//! One table rather than one per keyspace because a write transaction pays at commit for every
+//! distinct table it wrote (the copy-on-write of the table's root path and the update of its
+//! root), on top of the pages it dirtied. [`SyncQueue::enqueue_in`] runs once per change inside the
+//! caller's transaction: it adds one table to it, and within that table it writes after the newest
+//! item, after the newest entry of the `a` keyspace and after the latest-due entry of its priority
+//! in the `r` keyspace (clocks permitting); the `m` record sorts right after the newest item, so
+//! it usually shares its page. The counters record is written only by transactions that change a
+//! counter.
+//!
+//! The ready keys make the store order the service order: the `r` keyspace iterates by priority
+//! (0 first), then by due time, then by id (the enqueue order). [`SyncQueue::take`] therefore
+//! reads, for each priority, the prefix of entries whose due time has passed and stops: it never
+//! visits items that are not ready, whatever the queue's length. Items not due yet (retries backing
+//! off) sort after the ready ones of their priority, so they cost nothing either. The counters are
+//! updated in the same transactions as the items, so [`SyncQueue::stats`] and [`SyncQueue::len`]
+//! are exact and O(1); the `a` keyspace answers the oldest item's age with one lookup; the `f`
+//! keyspace makes restart recovery proportional to the number of items in flight, not to the
+//! queue's length.
 //!
 //! Ids come from a persisted counter, start at 1 and only grow: a committed id is never handed out
 //! again, not even after a restart. (An id returned by [`SyncQueue::enqueue_in`] in a transaction
@@ -73,8 +86,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -99,22 +111,32 @@ pub const PRIORITY_METADATA: u8 = 3;
 /// The largest payload the queue accepts, in bytes (16 MiB).
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
 
-const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_items");
-const READY: TableDefinition<&[u8; READY_KEY_LEN], ()> = TableDefinition::new("queue_ready");
-const INFLIGHT: TableDefinition<u64, ()> = TableDefinition::new("queue_inflight");
-const AGE: TableDefinition<&[u8; AGE_KEY_LEN], ()> = TableDefinition::new("queue_age");
-const META: TableDefinition<&str, u64> = TableDefinition::new("queue_meta");
+/// The queue's only table: every keyspace of the module doc, told apart by the key's first byte.
+const QUEUE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queue");
 
-const READY_KEY_LEN: usize = 17;
-const AGE_KEY_LEN: usize = 16;
+/// Tag of the items: `i ++ id`.
+const TAG_ITEM: u8 = b'i';
+/// Tag of the ready index: `r ++ priority ++ due_at_ms ++ id`.
+const TAG_READY: u8 = b'r';
+/// Tag of the in-flight index: `f ++ id`.
+const TAG_INFLIGHT: u8 = b'f';
+/// Tag of the age index: `a ++ enqueued_at_ms ++ id`.
+const TAG_AGE: u8 = b'a';
+/// Tag (and whole key) of the counters record.
+const TAG_COUNTERS: u8 = b'm';
 
-const META_NEXT_ID: &str = "next_id";
-const META_PENDING: [&str; 4] = ["pending.0", "pending.1", "pending.2", "pending.3"];
-const META_INFLIGHT: &str = "inflight";
-const META_RETRYING: &str = "retrying";
-const META_DEAD: &str = "dead";
+const ITEM_KEY_LEN: usize = 9;
+const READY_KEY_LEN: usize = 18;
+const INFLIGHT_KEY_LEN: usize = 9;
+const AGE_KEY_LEN: usize = 17;
+const COUNTERS_KEY: &[u8] = &[TAG_COUNTERS];
+
+/// The value of an index entry: the key says it all.
+const EMPTY: &[u8] = &[];
 
 const ITEM_RECORD: &str = "sync queue item";
+const COUNTERS_RECORD: &str = "sync queue counters";
+const KEY_RECORD: &str = "sync queue key";
 
 /// Where an item is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,7 +290,7 @@ impl std::fmt::Debug for SyncQueue {
 }
 
 impl SyncQueue {
-    /// Opens the queue's tables in `db`, creating them if needed, and recovers from a restart:
+    /// Opens the queue's table in `db`, creating it if needed, and recovers from a restart:
     /// every `InFlight` item returns to `Pending` (due time and attempts unchanged), in one
     /// transaction.
     pub fn open(db: Arc<Database>, config: QueueConfig) -> Result<SyncQueue> {
@@ -279,31 +301,36 @@ impl SyncQueue {
         };
         let txn = queue.begin_write()?;
         let (recovered, ready) = {
-            let mut tables = Tables::open(&txn)?;
-            let ids = tables
-                .inflight
-                .iter()?
-                .map(|entry| entry.map(|(id, _)| id.value()))
-                .collect::<Result<Vec<u64>, _>>()?;
-            let mut counters = tables.counters()?;
+            let mut table = QueueTable::open(&txn)?;
+            let ids = keyspace(&table.table, TAG_INFLIGHT)?
+                .map(|entry| {
+                    let (key, _) = entry?;
+                    Ok(be_u64(&fixed_key::<INFLIGHT_KEY_LEN>(key.value())?[1..]))
+                })
+                .collect::<Result<Vec<ItemId>>>()?;
+            let mut counters = table.counters()?;
             for &id in &ids {
-                let Some(mut item) = tables.load(id)? else {
+                let Some(mut item) = table.load(id)? else {
                     tracing::warn!(id, "sync queue: in-flight index names a missing item");
-                    tables.inflight.remove(id)?;
+                    table.remove_key(&inflight_key(id))?;
                     continue;
                 };
-                tables.transition(&mut counters, &mut item, |item| {
+                table.transition(&mut counters, &mut item, |item| {
                     item.state = ItemState::Pending;
                 })?;
             }
-            tables.store_counters(&counters)?;
-            (ids.len(), tables.ready.len()?)
+            table.store_counters(&counters)?;
+            let ready = keyspace(&table.table, TAG_READY)?
+                .next()
+                .transpose()?
+                .is_some();
+            (ids.len(), ready)
         };
         txn.commit()?;
         if recovered > 0 {
             tracing::info!(recovered, "sync queue: in-flight items returned to pending");
         }
-        if ready > 0 {
+        if ready {
             queue.notify_enqueued();
         }
         Ok(queue)
@@ -328,10 +355,10 @@ impl SyncQueue {
         now_ms: u64,
     ) -> Result<ItemId> {
         check_item(priority, payload)?;
-        let mut tables = Tables::open(txn)?;
-        let mut counters = tables.counters()?;
-        let id = tables.insert_new(&mut counters, priority, payload, now_ms)?;
-        tables.store_counters(&counters)?;
+        let mut table = QueueTable::open(txn)?;
+        let mut counters = table.counters()?;
+        let id = table.insert_new(&mut counters, priority, payload, now_ms)?;
+        table.store_counters(&counters)?;
         Ok(id)
     }
 
@@ -347,13 +374,13 @@ impl SyncQueue {
         }
         let txn = self.begin_write()?;
         let ids = {
-            let mut tables = Tables::open(&txn)?;
-            let mut counters = tables.counters()?;
+            let mut table = QueueTable::open(&txn)?;
+            let mut counters = table.counters()?;
             let mut ids = Vec::with_capacity(items.len());
             for (priority, payload) in items {
-                ids.push(tables.insert_new(&mut counters, *priority, payload, now_ms)?);
+                ids.push(table.insert_new(&mut counters, *priority, payload, now_ms)?);
             }
-            tables.store_counters(&counters)?;
+            table.store_counters(&counters)?;
             ids
         };
         txn.commit()?;
@@ -370,34 +397,37 @@ impl SyncQueue {
         }
         let txn = self.begin_write()?;
         let taken = {
-            let mut tables = Tables::open(&txn)?;
+            let mut table = QueueTable::open(&txn)?;
             let mut keys: Vec<[u8; READY_KEY_LEN]> = Vec::new();
             'priorities: for priority in 0..=MAX_PRIORITY {
                 let low = ready_key(priority, 0, 0);
                 let high = ready_key(priority, now_ms, u64::MAX);
-                for entry in tables.ready.range::<&[u8; READY_KEY_LEN]>(&low..=&high)? {
+                for entry in table
+                    .table
+                    .range::<&[u8]>(low.as_slice()..=high.as_slice())?
+                {
                     if keys.len() >= max {
                         break 'priorities;
                     }
                     let (key, _) = entry?;
-                    keys.push(*key.value());
+                    keys.push(fixed_key(key.value())?);
                 }
             }
-            let mut counters = tables.counters()?;
+            let mut counters = table.counters()?;
             let mut taken = Vec::with_capacity(keys.len());
             for key in keys {
                 let id = ready_key_id(&key);
-                let Some(mut item) = tables.load(id)? else {
+                let Some(mut item) = table.load(id)? else {
                     tracing::warn!(id, "sync queue: ready index names a missing item");
-                    tables.ready.remove(&key)?;
+                    table.remove_key(&key)?;
                     continue;
                 };
-                tables.transition(&mut counters, &mut item, |item| {
+                table.transition(&mut counters, &mut item, |item| {
                     item.state = ItemState::InFlight;
                 })?;
                 taken.push(item);
             }
-            tables.store_counters(&counters)?;
+            table.store_counters(&counters)?;
             taken
         };
         if taken.is_empty() {
@@ -417,19 +447,19 @@ impl SyncQueue {
         }
         let txn = self.begin_write()?;
         let removed = {
-            let mut tables = Tables::open(&txn)?;
-            let mut counters = tables.counters()?;
+            let mut table = QueueTable::open(&txn)?;
+            let mut counters = table.counters()?;
             let mut removed = 0usize;
             for &id in ids {
-                if let Some(item) = tables.load(id)? {
+                if let Some(item) = table.load(id)? {
                     if item.state != ItemState::InFlight {
                         tracing::debug!(id, state = ?item.state, "sync queue: ack for an item not in flight");
                     }
-                    tables.remove(&mut counters, &item)?;
+                    table.remove(&mut counters, &item)?;
                     removed += 1;
                 }
             }
-            tables.store_counters(&counters)?;
+            table.store_counters(&counters)?;
             removed
         };
         if removed == 0 {
@@ -460,11 +490,11 @@ impl SyncQueue {
         }
         let txn = self.begin_write()?;
         let outcomes = {
-            let mut tables = Tables::open(&txn)?;
-            let mut counters = tables.counters()?;
+            let mut table = QueueTable::open(&txn)?;
+            let mut counters = table.counters()?;
             let mut outcomes = Vec::with_capacity(ids.len());
             for &id in ids {
-                let mut item = match tables.load(id)? {
+                let mut item = match table.load(id)? {
                     Some(item) if item.state == ItemState::InFlight => item,
                     _ => {
                         outcomes.push(FailOutcome::NotInFlight);
@@ -472,7 +502,7 @@ impl SyncQueue {
                     }
                 };
                 let config = &self.config;
-                tables.transition(&mut counters, &mut item, |item| {
+                table.transition(&mut counters, &mut item, |item| {
                     item.attempts = item.attempts.saturating_add(1);
                     item.last_error = Some(error.to_owned());
                     if item.attempts >= config.max_attempts {
@@ -498,7 +528,7 @@ impl SyncQueue {
                     });
                 }
             }
-            tables.store_counters(&counters)?;
+            table.store_counters(&counters)?;
             outcomes
         };
         if outcomes.iter().all(|o| *o == FailOutcome::NotInFlight) {
@@ -517,18 +547,18 @@ impl SyncQueue {
     pub fn retry_now(&self, id: ItemId, now_ms: u64) -> Result<()> {
         let txn = self.begin_write()?;
         {
-            let mut tables = Tables::open(&txn)?;
-            let mut item = tables.load(id)?.ok_or(Error::QueueItemNotFound(id))?;
+            let mut table = QueueTable::open(&txn)?;
+            let mut item = table.load(id)?.ok_or(Error::QueueItemNotFound(id))?;
             if item.state == ItemState::InFlight {
                 return Err(Error::QueueItemInFlight(id));
             }
-            let mut counters = tables.counters()?;
-            tables.transition(&mut counters, &mut item, |item| {
+            let mut counters = table.counters()?;
+            table.transition(&mut counters, &mut item, |item| {
                 item.state = ItemState::Pending;
                 item.attempts = 0;
                 item.due_at_ms = now_ms;
             })?;
-            tables.store_counters(&counters)?;
+            table.store_counters(&counters)?;
         }
         txn.commit()?;
         self.notify_enqueued();
@@ -540,11 +570,11 @@ impl SyncQueue {
     pub fn drop_item(&self, id: ItemId) -> Result<QueueItem> {
         let txn = self.begin_write()?;
         let item = {
-            let mut tables = Tables::open(&txn)?;
-            let item = tables.load(id)?.ok_or(Error::QueueItemNotFound(id))?;
-            let mut counters = tables.counters()?;
-            tables.remove(&mut counters, &item)?;
-            tables.store_counters(&counters)?;
+            let mut table = QueueTable::open(&txn)?;
+            let item = table.load(id)?.ok_or(Error::QueueItemNotFound(id))?;
+            let mut counters = table.counters()?;
+            table.remove(&mut counters, &item)?;
+            table.store_counters(&counters)?;
             item
         };
         txn.commit()?;
@@ -555,8 +585,8 @@ impl SyncQueue {
     /// The item with this id, if it is in the queue.
     pub fn get(&self, id: ItemId) -> Result<Option<QueueItem>> {
         let txn = self.db.begin_read()?;
-        let items = txn.open_table(ITEMS)?;
-        match items.get(id)? {
+        let table = txn.open_table(QUEUE)?;
+        match table.get(item_key(id).as_slice())? {
             Some(bytes) => decode_item(bytes.value()).map(Some),
             None => Ok(None),
         }
@@ -570,9 +600,9 @@ impl SyncQueue {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_read()?;
-        let items = txn.open_table(ITEMS)?;
+        let table = txn.open_table(QUEUE)?;
         let mut kept: BinaryHeap<ServiceOrder> = BinaryHeap::new();
-        for entry in items.iter()? {
+        for entry in keyspace(&table, TAG_ITEM)? {
             let (_, bytes) = entry?;
             kept.push(ServiceOrder(decode_item(bytes.value())?));
             if let Some(limit) = limit
@@ -591,11 +621,11 @@ impl SyncQueue {
     /// Counts by state and the age of the oldest item that is not dead, as of `now_ms`. O(1).
     pub fn stats(&self, now_ms: u64) -> Result<QueueStats> {
         let txn = self.db.begin_read()?;
-        let counters = Counters::load(&txn.open_table(META)?)?;
-        let age = txn.open_table(AGE)?;
-        let oldest_age = match age.first()? {
+        let table = txn.open_table(QUEUE)?;
+        let counters = Counters::load(&table)?;
+        let oldest_age = match keyspace(&table, TAG_AGE)?.next().transpose()? {
             Some((key, _)) => {
-                let enqueued_at_ms = be_u64(&key.value()[..8]);
+                let enqueued_at_ms = be_u64(&fixed_key::<AGE_KEY_LEN>(key.value())?[1..9]);
                 Some(Duration::from_millis(now_ms.saturating_sub(enqueued_at_ms)))
             }
             None => None,
@@ -614,24 +644,24 @@ impl SyncQueue {
     /// [`wait_for_work`](Self::wait_for_work)).
     pub fn next_due_ms(&self) -> Result<Option<u64>> {
         let txn = self.db.begin_read()?;
-        let ready = txn.open_table(READY)?;
+        let table = txn.open_table(QUEUE)?;
         let mut earliest: Option<u64> = None;
         for priority in 0..=MAX_PRIORITY {
             let low = ready_key(priority, 0, 0);
             let high = ready_key(priority, u64::MAX, u64::MAX);
-            if let Some(entry) = ready.range::<&[u8; READY_KEY_LEN]>(&low..=&high)?.next() {
-                let (key, _) = entry?;
-                let due = be_u64(&key.value()[1..9]);
+            let mut range = table.range::<&[u8]>(low.as_slice()..=high.as_slice())?;
+            if let Some((key, _)) = range.next().transpose()? {
+                let due = be_u64(&fixed_key::<READY_KEY_LEN>(key.value())?[2..10]);
                 earliest = Some(earliest.map_or(due, |e| e.min(due)));
             }
         }
         Ok(earliest)
     }
 
-    /// The number of items in the queue, in every state.
+    /// The number of items in the queue, in every state. O(1): the sum of the counters.
     pub fn len(&self) -> Result<u64> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(ITEMS)?.len()?)
+        Ok(Counters::load(&txn.open_table(QUEUE)?)?.items())
     }
 
     /// Whether the queue holds no item at all (dead ones count).
@@ -667,57 +697,44 @@ impl SyncQueue {
     }
 }
 
-/// The queue's tables, open in one write transaction.
-struct Tables<'txn> {
-    items: redb::Table<'txn, u64, &'static [u8]>,
-    ready: redb::Table<'txn, &'static [u8; READY_KEY_LEN], ()>,
-    inflight: redb::Table<'txn, u64, ()>,
-    age: redb::Table<'txn, &'static [u8; AGE_KEY_LEN], ()>,
-    meta: redb::Table<'txn, &'static str, u64>,
-    /// The counters as read, so only the changed ones are written back.
+/// The queue's table, open in one write transaction.
+struct QueueTable<'txn> {
+    table: redb::Table<'txn, &'static [u8], &'static [u8]>,
+    /// The counters as read, so that the record is written back only if they changed.
     loaded: Option<Counters>,
 }
 
-impl<'txn> Tables<'txn> {
+impl<'txn> QueueTable<'txn> {
     fn open(txn: &'txn WriteTransaction) -> Result<Self> {
-        Ok(Tables {
-            items: txn.open_table(ITEMS)?,
-            ready: txn.open_table(READY)?,
-            inflight: txn.open_table(INFLIGHT)?,
-            age: txn.open_table(AGE)?,
-            meta: txn.open_table(META)?,
+        Ok(QueueTable {
+            table: txn.open_table(QUEUE)?,
             loaded: None,
         })
     }
 
     fn counters(&mut self) -> Result<Counters> {
-        let counters = Counters::load(&self.meta)?;
-        self.loaded = Some(counters.clone());
+        let counters = Counters::load(&self.table)?;
+        self.loaded = Some(counters);
         Ok(counters)
     }
 
-    /// Writes the counters that differ from those read by [`Tables::counters`].
+    /// Writes the counters record, unless it holds `counters` already (as read by
+    /// [`QueueTable::counters`] or last written).
     fn store_counters(&mut self, counters: &Counters) -> Result<()> {
-        let old = self.loaded.take().unwrap_or_default();
-        let mut put = |name: &'static str, old: u64, new: u64| -> Result<()> {
-            if old != new {
-                self.meta.insert(name, new)?;
-            }
-            Ok(())
-        };
-        put(META_NEXT_ID, old.next_id, counters.next_id)?;
-        for ((name, old), new) in META_PENDING.iter().zip(old.pending).zip(counters.pending) {
-            put(name, old, new)?;
+        if self.loaded.as_ref() != Some(counters) {
+            let mut buf = [0u8; Counters::MAX_ENCODED_LEN];
+            let bytes = postcard::to_slice(counters, &mut buf).map_err(|source| Error::Encode {
+                what: COUNTERS_RECORD,
+                source,
+            })?;
+            self.table.insert(COUNTERS_KEY, &*bytes)?;
+            self.loaded = Some(*counters);
         }
-        put(META_INFLIGHT, old.inflight, counters.inflight)?;
-        put(META_RETRYING, old.retrying, counters.retrying)?;
-        put(META_DEAD, old.dead, counters.dead)?;
-        self.loaded = Some(counters.clone());
         Ok(())
     }
 
     fn load(&self, id: ItemId) -> Result<Option<QueueItem>> {
-        match self.items.get(id)? {
+        match self.table.get(item_key(id).as_slice())? {
             Some(bytes) => decode_item(bytes.value()).map(Some),
             None => Ok(None),
         }
@@ -728,7 +745,19 @@ impl<'txn> Tables<'txn> {
             what: ITEM_RECORD,
             source,
         })?;
-        self.items.insert(item.id, bytes.as_slice())?;
+        self.table
+            .insert(item_key(item.id).as_slice(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Inserts an index entry (empty value).
+    fn insert_key(&mut self, key: &[u8]) -> Result<()> {
+        self.table.insert(key, EMPTY)?;
+        Ok(())
+    }
+
+    fn remove_key(&mut self, key: &[u8]) -> Result<()> {
+        self.table.remove(key)?;
         Ok(())
     }
 
@@ -751,7 +780,8 @@ impl<'txn> Tables<'txn> {
             due_at_ms: now_ms,
             last_error: None,
         };
-        self.index(&item)?;
+        self.index_state(&item)?;
+        self.insert_key(&age_key(item.enqueued_at_ms, item.id))?;
         counters.add(&item);
         self.store(&item)?;
         Ok(id)
@@ -764,59 +794,59 @@ impl<'txn> Tables<'txn> {
         item: &mut QueueItem,
         change: impl FnOnce(&mut QueueItem),
     ) -> Result<()> {
-        self.unindex(item)?;
+        let age_before = age_entry(item);
+        self.unindex_state(item)?;
         counters.sub(item);
         change(item);
-        self.index(item)?;
+        self.index_state(item)?;
         counters.add(item);
+        // The age entry stays put unless the item died (or came back).
+        let age_after = age_entry(item);
+        if age_before != age_after {
+            if let Some(key) = age_before {
+                self.remove_key(&key)?;
+            }
+            if let Some(key) = age_after {
+                self.insert_key(&key)?;
+            }
+        }
         self.store(item)
     }
 
     fn remove(&mut self, counters: &mut Counters, item: &QueueItem) -> Result<()> {
-        self.unindex(item)?;
+        self.unindex_state(item)?;
+        if let Some(key) = age_entry(item) {
+            self.remove_key(&key)?;
+        }
         counters.sub(item);
-        self.items.remove(item.id)?;
-        Ok(())
+        self.remove_key(&item_key(item.id))
     }
 
-    fn index(&mut self, item: &QueueItem) -> Result<()> {
+    /// Adds the item's entry in the index of its state (the ready or the in-flight one).
+    fn index_state(&mut self, item: &QueueItem) -> Result<()> {
         match item.state {
             ItemState::Pending | ItemState::Retrying => {
-                self.ready
-                    .insert(&ready_key(item.priority, item.due_at_ms, item.id), ())?;
+                self.insert_key(&ready_key(item.priority, item.due_at_ms, item.id))
             }
-            ItemState::InFlight => {
-                self.inflight.insert(item.id, ())?;
-            }
-            ItemState::Dead => {}
+            ItemState::InFlight => self.insert_key(&inflight_key(item.id)),
+            ItemState::Dead => Ok(()),
         }
-        if item.state != ItemState::Dead {
-            self.age
-                .insert(&age_key(item.enqueued_at_ms, item.id), ())?;
-        }
-        Ok(())
     }
 
-    fn unindex(&mut self, item: &QueueItem) -> Result<()> {
+    /// Removes what [`QueueTable::index_state`] added.
+    fn unindex_state(&mut self, item: &QueueItem) -> Result<()> {
         match item.state {
             ItemState::Pending | ItemState::Retrying => {
-                self.ready
-                    .remove(&ready_key(item.priority, item.due_at_ms, item.id))?;
+                self.remove_key(&ready_key(item.priority, item.due_at_ms, item.id))
             }
-            ItemState::InFlight => {
-                self.inflight.remove(item.id)?;
-            }
-            ItemState::Dead => {}
+            ItemState::InFlight => self.remove_key(&inflight_key(item.id)),
+            ItemState::Dead => Ok(()),
         }
-        if item.state != ItemState::Dead {
-            self.age.remove(&age_key(item.enqueued_at_ms, item.id))?;
-        }
-        Ok(())
     }
 }
 
-/// The persisted counters of `queue_meta`.
-#[derive(Clone, Debug, Default)]
+/// The counters record (`m`): the next id and the number of items in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Counters {
     next_id: u64,
     pending: [u64; 4],
@@ -826,19 +856,26 @@ struct Counters {
 }
 
 impl Counters {
-    fn load(meta: &impl ReadableTable<&'static str, u64>) -> Result<Self> {
-        let read = |name: &str| -> Result<u64> { Ok(meta.get(name)?.map_or(0, |v| v.value())) };
-        let mut counters = Counters {
-            next_id: read(META_NEXT_ID)?,
-            inflight: read(META_INFLIGHT)?,
-            retrying: read(META_RETRYING)?,
-            dead: read(META_DEAD)?,
-            ..Counters::default()
-        };
-        for (slot, name) in counters.pending.iter_mut().zip(META_PENDING) {
-            *slot = read(name)?;
+    /// The longest postcard encoding: eight varint-encoded u64 of at most 10 bytes each.
+    const MAX_ENCODED_LEN: usize = 8 * 10;
+
+    /// Reads the counters record; all zero if there is none yet.
+    fn load(table: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Self> {
+        match table.get(COUNTERS_KEY)? {
+            Some(bytes) => postcard::from_bytes(bytes.value()).map_err(|source| Error::Decode {
+                what: COUNTERS_RECORD,
+                source,
+            }),
+            None => Ok(Counters::default()),
         }
-        Ok(counters)
+    }
+
+    /// The number of items, in every state.
+    fn items(&self) -> u64 {
+        self.pending
+            .iter()
+            .chain([&self.inflight, &self.retrying, &self.dead])
+            .fold(0u64, |sum, n| sum.saturating_add(*n))
     }
 
     fn slot(&mut self, item: &QueueItem) -> &mut u64 {
@@ -910,25 +947,66 @@ fn decode_item(bytes: &[u8]) -> Result<QueueItem> {
     })
 }
 
-/// `priority ++ due_at_ms ++ id`, big-endian: byte order is service order.
+/// Every entry of one keyspace: the keys from `[tag]` up to, not including, `[tag + 1]`.
+fn keyspace<T>(table: &T, tag: u8) -> Result<redb::Range<'_, &'static [u8], &'static [u8]>>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let (low, high) = ([tag], [tag + 1]);
+    Ok(table.range::<&[u8]>(low.as_slice()..high.as_slice())?)
+}
+
+/// A stored key of a fixed-width keyspace; a key of another length is corrupt.
+fn fixed_key<const N: usize>(key: &[u8]) -> Result<[u8; N]> {
+    key.try_into().map_err(|_| Error::Decode {
+        what: KEY_RECORD,
+        source: postcard::Error::DeserializeBadEncoding,
+    })
+}
+
+/// `i ++ id`.
+fn item_key(id: ItemId) -> [u8; ITEM_KEY_LEN] {
+    tagged_id(TAG_ITEM, id)
+}
+
+/// `f ++ id`.
+fn inflight_key(id: ItemId) -> [u8; INFLIGHT_KEY_LEN] {
+    tagged_id(TAG_INFLIGHT, id)
+}
+
+fn tagged_id(tag: u8, id: ItemId) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = tag;
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// `r ++ priority ++ due_at_ms ++ id`, big-endian: byte order is service order.
 fn ready_key(priority: u8, due_at_ms: u64, id: ItemId) -> [u8; READY_KEY_LEN] {
     let mut key = [0u8; READY_KEY_LEN];
-    key[0] = priority;
-    key[1..9].copy_from_slice(&due_at_ms.to_be_bytes());
-    key[9..17].copy_from_slice(&id.to_be_bytes());
+    key[0] = TAG_READY;
+    key[1] = priority;
+    key[2..10].copy_from_slice(&due_at_ms.to_be_bytes());
+    key[10..].copy_from_slice(&id.to_be_bytes());
     key
 }
 
 fn ready_key_id(key: &[u8; READY_KEY_LEN]) -> ItemId {
-    be_u64(&key[9..17])
+    be_u64(&key[10..])
 }
 
-/// `enqueued_at_ms ++ id`, big-endian: byte order is age order.
+/// `a ++ enqueued_at_ms ++ id`, big-endian: byte order is age order.
 fn age_key(enqueued_at_ms: u64, id: ItemId) -> [u8; AGE_KEY_LEN] {
     let mut key = [0u8; AGE_KEY_LEN];
-    key[..8].copy_from_slice(&enqueued_at_ms.to_be_bytes());
-    key[8..].copy_from_slice(&id.to_be_bytes());
+    key[0] = TAG_AGE;
+    key[1..9].copy_from_slice(&enqueued_at_ms.to_be_bytes());
+    key[9..].copy_from_slice(&id.to_be_bytes());
     key
+}
+
+/// The item's entry in the age index: every item that is not dead has one.
+fn age_entry(item: &QueueItem) -> Option<[u8; AGE_KEY_LEN]> {
+    (item.state != ItemState::Dead).then(|| age_key(item.enqueued_at_ms, item.id))
 }
 
 /// Reads a big-endian u64 from an 8-byte slice of a fixed-width key.
@@ -941,13 +1019,14 @@ fn be_u64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::future::Future;
     use std::path::Path;
     use std::pin::pin;
     use std::task::{Context, Poll, Waker};
 
     use proptest::prelude::*;
+    use redb::TableHandle;
 
     fn no_jitter() -> QueueConfig {
         QueueConfig {
@@ -968,6 +1047,86 @@ mod tests {
 
     fn ids(items: &[QueueItem]) -> Vec<ItemId> {
         items.iter().map(|i| i.id).collect()
+    }
+
+    /// Reads the queue's table raw and checks that it holds exactly the keys the module doc lists:
+    /// every index entry matches an item in the right state, and the one counters record counts
+    /// the items. Returns the counters.
+    fn check_layout(q: &SyncQueue) -> Counters {
+        let txn = q.db.begin_read().unwrap();
+        let table = txn.open_table(QUEUE).unwrap();
+        let mut items = BTreeMap::new();
+        let (mut ready, mut inflight, mut age) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        let mut counters_records = 0;
+        for entry in table.iter().unwrap() {
+            let (key, value) = entry.unwrap();
+            let (key, value) = (key.value(), value.value());
+            match key[0] {
+                TAG_ITEM => {
+                    let item = decode_item(value).unwrap();
+                    assert_eq!(key, item_key(item.id));
+                    items.insert(item.id, item);
+                }
+                TAG_READY => {
+                    assert!(value.is_empty());
+                    ready.insert(fixed_key::<READY_KEY_LEN>(key).unwrap());
+                }
+                TAG_INFLIGHT => {
+                    assert!(value.is_empty());
+                    inflight.insert(fixed_key::<INFLIGHT_KEY_LEN>(key).unwrap());
+                }
+                TAG_AGE => {
+                    assert!(value.is_empty());
+                    age.insert(fixed_key::<AGE_KEY_LEN>(key).unwrap());
+                }
+                TAG_COUNTERS => {
+                    assert_eq!(key, COUNTERS_KEY);
+                    counters_records += 1;
+                }
+                tag => panic!("unexpected key tag {tag:#04x}"),
+            }
+        }
+        assert!(counters_records <= 1);
+        let mut want = Counters::default();
+        for item in items.values() {
+            want.add(item);
+        }
+        let counters = Counters::load(&table).unwrap();
+        assert_eq!(
+            Counters {
+                next_id: 0,
+                ..counters
+            },
+            want
+        );
+        assert!(items.keys().all(|id| *id < counters.next_id));
+        let (want_ready, want_inflight, want_age) = (
+            items
+                .values()
+                .filter(|i| matches!(i.state, ItemState::Pending | ItemState::Retrying))
+                .map(|i| ready_key(i.priority, i.due_at_ms, i.id))
+                .collect::<BTreeSet<_>>(),
+            items
+                .values()
+                .filter(|i| i.state == ItemState::InFlight)
+                .map(|i| inflight_key(i.id))
+                .collect::<BTreeSet<_>>(),
+            items
+                .values()
+                .filter_map(age_entry)
+                .collect::<BTreeSet<_>>(),
+        );
+        assert_eq!(ready, want_ready);
+        assert_eq!(inflight, want_inflight);
+        assert_eq!(age, want_age);
+        counters
+    }
+
+    fn table_names(tables: impl Iterator<Item = redb::UntypedTableHandle>) -> Vec<String> {
+        let mut names: Vec<String> = tables.map(|t| t.name().to_owned()).collect();
+        names.sort();
+        names
     }
 
     #[test]
@@ -1382,6 +1541,81 @@ mod tests {
     }
 
     #[test]
+    fn the_whole_queue_is_one_table() {
+        let (_dir, q) = setup(QueueConfig {
+            max_attempts: 2,
+            ..no_jitter()
+        });
+        let db = q.db.clone();
+        assert_eq!(
+            table_names(db.begin_read().unwrap().list_tables().unwrap()),
+            ["queue"]
+        );
+
+        // The caller's transaction writes its own table and the queue's, nothing else.
+        let txn = db.begin_write().unwrap();
+        {
+            let mut nodes = txn
+                .open_table(TableDefinition::<u64, &[u8]>::new("nodes"))
+                .unwrap();
+            nodes.insert(1, b"node".as_slice()).unwrap();
+        }
+        let first = q.enqueue_in(&txn, PRIORITY_CREATE, b"create", 10).unwrap();
+        let second = q.enqueue_in(&txn, PRIORITY_DELETE, b"delete", 10).unwrap();
+        assert_eq!(table_names(txn.list_tables().unwrap()), ["nodes", "queue"]);
+        txn.commit().unwrap();
+        check_layout(&q);
+
+        // A mixed sequence: every state, every operation, a restart.
+        let batch = q
+            .enqueue(&[(0, vec![1]), (2, vec![2]), (3, vec![3])], 20)
+            .unwrap();
+        assert_eq!(ids(&q.take(2, 20).unwrap()), vec![second, batch[0]]);
+        q.ack(&[second]).unwrap();
+        q.fail(batch[0], "e", 20).unwrap(); // retrying
+        check_layout(&q);
+        assert_eq!(ids(&q.take(1, 20).unwrap()), vec![first]);
+        q.fail(first, "e", 20).unwrap();
+        assert_eq!(ids(&q.take(2, 1_000).unwrap()), vec![batch[0], first]);
+        assert_eq!(q.fail(first, "e", 1_000).unwrap(), FailOutcome::Dead);
+        check_layout(&q);
+        q.retry_now(first, 1_000).unwrap();
+        q.drop_item(batch[2]).unwrap();
+        q.take(1, 1_000).unwrap(); // `first` and `batch[0]` in flight at the restart
+        assert_eq!(check_layout(&q).inflight, 2);
+        drop(q);
+        let q = SyncQueue::open(db.clone(), no_jitter()).unwrap();
+        let counters = check_layout(&q);
+        assert_eq!(counters.inflight, 0);
+        assert_eq!(q.len().unwrap(), 3);
+
+        let txn = db.begin_read().unwrap();
+        assert_eq!(table_names(txn.list_tables().unwrap()), ["nodes", "queue"]);
+        assert_eq!(txn.list_multimap_tables().unwrap().count(), 0);
+    }
+
+    #[test]
+    fn corrupt_keys_are_reported() {
+        let (_dir, q) = setup(no_jitter());
+        q.enqueue(&[(1, vec![])], 0).unwrap();
+        let txn = q.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(QUEUE).unwrap();
+            // A ready key of priority 0 and an age key, both too short.
+            table.insert([TAG_READY, 0, 1].as_slice(), EMPTY).unwrap();
+            table.insert([TAG_AGE, 0].as_slice(), EMPTY).unwrap();
+        }
+        txn.commit().unwrap();
+        let corrupt = |e: Error| matches!(e, Error::Decode { what, .. } if what == KEY_RECORD);
+        assert!(corrupt(q.next_due_ms().unwrap_err()));
+        assert!(corrupt(q.stats(0).unwrap_err()));
+        assert!(corrupt(q.take(1, u64::MAX).unwrap_err()));
+        // The rest still reads.
+        assert_eq!(q.len().unwrap(), 1);
+        assert_eq!(q.list(None).unwrap().len(), 1);
+    }
+
+    #[test]
     fn oversized_payload_is_refused() {
         let (_dir, q) = setup(no_jitter());
         let big = vec![0u8; MAX_PAYLOAD_BYTES + 1];
@@ -1632,6 +1866,7 @@ mod tests {
                 prop_assert_eq!(q.stats(now).unwrap(), model.stats(now));
                 prop_assert_eq!(q.next_due_ms().unwrap(), model.next_due());
                 prop_assert_eq!(q.len().unwrap(), model.items.len() as u64);
+                prop_assert_eq!(check_layout(&q).next_id.max(1), model.next_id);
             }
             // The stored items agree with the model item by item, in service order.
             let listed = q.list(None).unwrap();
