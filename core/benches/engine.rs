@@ -368,7 +368,7 @@ fn bench_apply(s: &Settings) -> BenchResult {
                         let outcomes = ns.apply_remote_batch(chunk)?;
                         applied += outcomes
                             .iter()
-                            .filter(|o| **o == ApplyOutcome::Applied)
+                            .filter(|o| matches!(o, Ok(ApplyOutcome::Applied)))
                             .count();
                         ns.sync()?;
                     }

@@ -501,6 +501,41 @@ impl Namespace {
         Ok(self.get(id)?.meta.xattrs.get(name).cloned())
     }
 
+    /// Every stored version of nodes after `after` (by id), up to `limit` nodes:
+    /// the material of a full resync. A region that applies every batch holds
+    /// the same heads, so the same tree, as this namespace. Tombstones are
+    /// included: a deletion must reach a region that still holds the node.
+    pub fn snapshot(
+        &self,
+        after: Option<NodeId>,
+        limit: usize,
+    ) -> Result<Vec<(NodeId, Vec<Version>)>> {
+        let txn = self.db.begin_read()?;
+        let nodes = txn.open_table(tree::NODES)?;
+        let start = after.map_or(0, |id| id.0.saturating_add(1));
+        let mut out = Vec::new();
+        if after.is_some_and(|id| id.0 == u128::MAX) {
+            return Ok(out);
+        }
+        for item in nodes.range(start..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let rec = decode_record(v.value())?;
+            // The root's counter-0 version is the same everywhere: nothing to send.
+            let heads: Vec<Version> = rec
+                .heads
+                .into_iter()
+                .filter(|h| h.write.counter > 0)
+                .collect();
+            if !heads.is_empty() {
+                out.push((NodeId(k.value()), heads));
+            }
+        }
+        Ok(out)
+    }
+
     /// Open manual conflicts.
     pub fn conflicts(&self) -> Result<Vec<ConflictInfo>> {
         let txn = self.db.begin_read()?;
@@ -820,31 +855,50 @@ impl Namespace {
         Ok(outcome)
     }
 
-    /// Applies a batch of remote events in one transaction (one commit).
-    pub fn apply_remote_batch(&self, events: &[ChangeEvent]) -> Result<Vec<ApplyOutcome>> {
-        for event in events {
-            validate_remote(event)?;
-        }
-        for event in events {
+    /// Applies a batch of remote events in one transaction (one commit). An
+    /// event that cannot be right is refused alone (its slot holds the error);
+    /// the others are applied.
+    pub fn apply_remote_batch(&self, events: &[ChangeEvent]) -> Result<Vec<Result<ApplyOutcome>>> {
+        self.apply_remote_batch_with(events, |_, _| Ok(()))
+            .map(|(outcomes, ())| outcomes)
+    }
+
+    /// [`Namespace::apply_remote_batch`], then `also` in the same transaction,
+    /// given the outcomes: what `also` writes lands together with the applied
+    /// events or not at all (the coordinator appends them to its log there).
+    pub fn apply_remote_batch_with<T>(
+        &self,
+        events: &[ChangeEvent],
+        also: impl FnOnce(&WriteTransaction, &[Result<ApplyOutcome>]) -> Result<T>,
+    ) -> Result<(Vec<Result<ApplyOutcome>>, T)> {
+        let checked: Vec<Result<()>> = events.iter().map(validate_remote).collect();
+        for (event, _) in events.iter().zip(&checked).filter(|(_, c)| c.is_ok()) {
             if let Err(drift) = self.hlc.update(event.stamp()) {
                 tracing::warn!(%drift, node = %event.node, "remote stamp too far ahead");
             }
         }
-        let (outcomes, notes) = self.group.run(&self.db, |txn| {
+        let (out, notes) = self.group.run(&self.db, |txn| {
             let mut t = Tables::open(txn, clock::system_ms()).map_err(|e| (e, false))?;
             let mut outcomes = Vec::with_capacity(events.len());
-            for event in events {
+            for (event, checked) in events.iter().zip(checked) {
+                if let Err(e) = checked {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+                let writes = t.writes();
                 match integrate(&mut t, &self.policy, event.node, event.version.clone()) {
-                    Ok(outcome) => outcomes.push(outcome),
-                    Err(e) => return Err((e, t.mutated())),
+                    Ok(outcome) => outcomes.push(Ok(outcome)),
+                    // Refused before writing anything: only this event fails.
+                    Err(e) if t.writes() == writes => outcomes.push(Err(e)),
+                    Err(e) => return Err((e, true)),
                 }
             }
-            t.finish()
-                .map(|notes| (outcomes, notes))
-                .map_err(|e| (e, true))
+            let notes = t.finish().map_err(|e| (e, true))?;
+            let extra = also(txn, &outcomes).map_err(|e| (e, true))?;
+            Ok(((outcomes, extra), notes))
         })?;
         self.publish(notes);
-        Ok(outcomes)
+        Ok(out)
     }
 
     // ----- durability -----

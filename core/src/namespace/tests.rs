@@ -742,3 +742,114 @@ fn concurrent_changes_share_commits_and_fail_alone() {
         ns.group.committed()
     );
 }
+
+/// A namespace rebuilt from another's snapshot shows the same tree and the
+/// same open conflicts, tombstones included.
+#[test]
+fn snapshot_rebuilds_the_same_tree() {
+    let (a, b, _d1, _d2) = concurrent_writes(Strategy::Manual);
+    put(&a, NodeId::ROOT, "gone", b"x");
+    a.namespace.unlink(NodeId::ROOT, b"gone").unwrap();
+    a.namespace
+        .setattr(
+            NodeId::ROOT,
+            SetAttr {
+                mode: Some(0o700),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    drop(b);
+    let (_d3, c) = engine("ap", Strategy::Manual);
+    let mut after = None;
+    let mut nodes = 0;
+    loop {
+        let batch = a.namespace.snapshot(after, 2).unwrap();
+        let Some((last, _)) = batch.last() else { break };
+        after = Some(*last);
+        for (node, heads) in batch {
+            nodes += 1;
+            for version in heads {
+                let event = ChangeEvent {
+                    node,
+                    op: ChangeOp::Update,
+                    version,
+                    origin: region("eu"),
+                    seq: None,
+                };
+                c.namespace.apply_remote(&event).unwrap();
+            }
+        }
+    }
+    assert!(nodes >= 3, "root, doc.txt and the tombstone of gone");
+    assert_eq!(c.namespace.tree().unwrap(), a.namespace.tree().unwrap());
+    assert_eq!(c.namespace.get(NodeId::ROOT).unwrap().meta.mode, 0o700);
+    let conflicts = |e: &Engine| {
+        e.namespace
+            .conflicts()
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.node, c.versions))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(conflicts(&c), conflicts(&a));
+    // The tombstone came along: an old create of "gone" is now a duplicate.
+    assert!(c.namespace.lookup(NodeId::ROOT, b"gone").is_err());
+}
+
+/// One bad event in a batch is refused alone; the others land, and what the
+/// hook writes lands in the same transaction.
+#[test]
+fn a_bad_event_in_a_batch_fails_alone() {
+    let (_d1, a) = engine("eu", Strategy::LastWriterWins);
+    let (_d2, b) = engine("us", Strategy::LastWriterWins);
+    a.namespace
+        .create(NodeId::ROOT, b"d", NewNode::directory(0o755))
+        .unwrap();
+    put(&a, NodeId::ROOT, "f", b"1");
+    let mut events = drain(&a);
+    let mut bad = events[0].clone();
+    bad.version.meta.parent = bad.node;
+    let mut wrong_kind = events[0].clone();
+    wrong_kind.version.meta.kind = NodeKind::Symlink;
+    wrong_kind.version.vclock.increment(&region("eu"));
+    wrong_kind.version.write.counter += 1;
+    events.insert(1, bad);
+    events.push(wrong_kind);
+    const HOOK: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("hook");
+    let (outcomes, seen) = b
+        .namespace
+        .apply_remote_batch_with(&events, |txn, outcomes| {
+            let mut t = txn.open_table(HOOK)?;
+            t.insert(
+                "applied",
+                outcomes.iter().filter(|o| o.is_ok()).count() as u64,
+            )?;
+            Ok(outcomes.len())
+        })
+        .unwrap();
+    assert_eq!(seen, events.len());
+    assert!(matches!(outcomes[1], Err(Error::InvalidEvent { .. })));
+    assert!(matches!(
+        outcomes.last(),
+        Some(Err(Error::InvalidEvent { .. }))
+    ));
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(ApplyOutcome::Applied)))
+            .count(),
+        events.len() - 2
+    );
+    assert_eq!(names(&b.namespace), vec!["/d", "/f"]);
+    let txn = b.db.begin_read().unwrap();
+    assert_eq!(
+        txn.open_table(HOOK)
+            .unwrap()
+            .get("applied")
+            .unwrap()
+            .unwrap()
+            .value(),
+        (events.len() - 2) as u64
+    );
+}

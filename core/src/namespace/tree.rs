@@ -240,9 +240,8 @@ pub(crate) struct Tables<'txn> {
     /// Records read or written in this transaction, decoded once and written
     /// once (at [`Tables::finish`]), however often the tree logic touches them.
     cache: RefCell<HashMap<u128, Cached>>,
-    /// Whether this change wrote anything yet (a failure after a write
-    /// must not commit).
-    mutated: bool,
+    /// Records written so far (a failure after a write must not commit).
+    writes: u64,
     /// Changes to report once the transaction commits.
     pub notes: Vec<Notification>,
     pub now_ms: u64,
@@ -254,7 +253,7 @@ impl<'txn> Tables<'txn> {
             nodes: txn.open_table(NODES)?,
             index: txn.open_table(INDEX)?,
             cache: RefCell::new(HashMap::new()),
-            mutated: false,
+            writes: 0,
             notes: Vec::new(),
             now_ms,
         })
@@ -281,11 +280,15 @@ impl<'txn> Tables<'txn> {
     }
 
     pub fn mutated(&self) -> bool {
-        self.mutated
+        self.writes > 0
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     pub fn save(&mut self, id: NodeId, rec: &NodeRecord) -> Result<()> {
-        self.mutated = true;
+        self.writes += 1;
         self.cache.get_mut().insert(
             id.0,
             Cached {
@@ -315,11 +318,13 @@ impl<'txn> Tables<'txn> {
     }
 
     pub fn ix_put(&mut self, tag: u8, key: &[u8], value: &[u8]) -> Result<()> {
+        self.writes += 1;
         self.index.insert(tagged(tag, key).as_slice(), value)?;
         Ok(())
     }
 
     pub fn ix_del(&mut self, tag: u8, key: &[u8]) -> Result<()> {
+        self.writes += 1;
         self.index.remove(tagged(tag, key).as_slice())?;
         Ok(())
     }
