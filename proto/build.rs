@@ -7,11 +7,12 @@ use std::error::Error;
 use std::path::PathBuf;
 
 /// The `.proto` files, relative to the include directory.
-const PROTO_FILES: [&str; 4] = [
+const PROTO_FILES: [&str; 5] = [
     "geosync/v1/types.proto",
     "geosync/v1/coordinator.proto",
     "geosync/v1/chunks.proto",
     "geosync/v1/admin.proto",
+    "geosync/v1/files.proto",
 ];
 
 /// Where the encoded `FileDescriptorSet` goes in `OUT_DIR` (for gRPC reflection).

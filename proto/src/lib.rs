@@ -12,7 +12,9 @@
 //!   - `Chunks` (`chunks.proto`), region to region: [`v1::chunks_server::Chunks`],
 //!     [`v1::chunks_client::ChunksClient`];
 //!   - `Admin` (`admin.proto`), console and CLI: [`v1::admin_server::Admin`],
-//!     [`v1::admin_client::AdminClient`].
+//!     [`v1::admin_client::AdminClient`];
+//!   - `Files` (`files.proto`), served by regions for access without a mount:
+//!     [`v1::files_server::Files`], [`v1::files_client::FilesClient`].
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
 //! - [`MAX_MESSAGE_BYTES`], [`MAX_CHUNK_PIECE_BYTES`]: size limits every server
 //!   and client configures alike.
