@@ -123,6 +123,10 @@ pub enum Error {
     #[error("invalid name: {0}")]
     InvalidName(#[from] crate::model::NameError),
 
+    /// A path that is not absolute or has an empty, `.` or `..` component.
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: String },
+
     /// A rename that would break the tree.
     #[error("invalid rename: {0}")]
     InvalidRename(String),
@@ -152,6 +156,30 @@ pub enum Error {
     #[error("commit failed, the change did not land: {0}")]
     GroupCommit(String),
 
+    /// A configuration file that cannot be used (the message names the file and key).
+    #[error(transparent)]
+    Config(Box<crate::config::ConfigError>),
+
+    /// A message from the wire that does not hold what it must.
+    #[error("invalid message: {0}")]
+    Wire(#[from] crate::wire::WireError),
+
+    /// A region the coordinator does not know (it must register first).
+    #[error("unknown region {0}: register first")]
+    UnknownRegion(String),
+
+    /// A region an operator paused: its pushes are refused until resumed.
+    #[error("region {0} is paused by an operator")]
+    RegionPaused(String),
+
+    /// A region acknowledged a sequence the log has not assigned.
+    #[error("region {region} acknowledged sequence {acked}, beyond the change log's head {head}")]
+    AckBeyondHead {
+        region: crate::clock::RegionId,
+        acked: u64,
+        head: u64,
+    },
+
     /// A change event that cannot be right, whatever the local state.
     #[error("invalid change event for node {node}: {reason}")]
     InvalidEvent { node: String, reason: String },
@@ -177,6 +205,13 @@ redb_error!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+impl From<crate::config::ConfigError> for Error {
+    fn from(e: crate::config::ConfigError) -> Self {
+        // Boxed: configuration errors are large and rare; every Result pays for the largest variant.
+        Error::Config(Box::new(e))
+    }
+}
 
 impl Error {
     /// Wraps an I/O error with the operation and the path it concerned.

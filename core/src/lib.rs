@@ -6,17 +6,25 @@
 //! - [`queue`]: the persisted sync queue of outgoing change events.
 //! - [`conflict`]: conflict detection and the resolution strategies.
 //! - [`namespace`]: file system operations and the application of remote events.
+//! - [`config`]: the TOML configuration of coordinators and regions.
+//! - [`coordinator`]: the change log, conflicts, regions and quorum.
+//! - [`wire`]: conversions to and from the gRPC wire types.
+//! - [`rpc`]: the gRPC boundary: error statuses and message limits.
 //! - [`Engine`]: a region's local state (all of the above) opened from one directory.
 #![deny(unsafe_code)]
 
 pub mod clock;
+pub mod config;
 pub mod conflict;
+pub mod coordinator;
 mod engine;
 mod error;
 pub mod model;
 pub mod namespace;
 pub mod queue;
+pub mod rpc;
 pub mod store;
+pub mod wire;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};

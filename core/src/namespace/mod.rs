@@ -13,6 +13,8 @@
 mod group;
 mod tree;
 
+pub(crate) use tree::prefix_end;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -476,6 +478,29 @@ impl Namespace {
             out.push(DirEntry { name, node, kind });
         }
         Ok(out)
+    }
+
+    /// The node at an absolute path (`/` is the root).
+    pub fn resolve(&self, path: &[u8]) -> Result<NodeView> {
+        let mut view = self.get(NodeId::ROOT)?;
+        for name in parse_path(path)? {
+            view = self.lookup(view.id, name.as_bytes())?;
+        }
+        Ok(view)
+    }
+
+    /// The directory holding `path` and the last name of `path`.
+    pub fn resolve_parent(&self, path: &[u8]) -> Result<(NodeView, Name)> {
+        let mut names = parse_path(path)?;
+        let last = names.pop().ok_or_else(|| Error::InvalidPath {
+            path: String::from_utf8_lossy(path).into_owned(),
+            reason: "the root has no parent".into(),
+        })?;
+        let mut view = self.get(NodeId::ROOT)?;
+        for name in names {
+            view = self.lookup(view.id, name.as_bytes())?;
+        }
+        Ok((view, last))
     }
 
     /// The path of a listed node from the root, `/`-separated (`/` for the root).
@@ -951,6 +976,34 @@ impl Namespace {
         }
         Ok(out)
     }
+}
+
+/// Splits an absolute path into names, refusing relative paths and empty,
+/// `.` and `..` components (a trailing `/` is allowed): no traversal.
+pub fn parse_path(path: &[u8]) -> Result<Vec<Name>> {
+    let bad = |reason: &str| Error::InvalidPath {
+        path: String::from_utf8_lossy(path).into_owned(),
+        reason: reason.to_owned(),
+    };
+    let rest = path
+        .strip_prefix(b"/")
+        .ok_or_else(|| bad("it must start with '/'"))?;
+    let rest = rest.strip_suffix(b"/").unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<Name> = rest
+        .split(|&b| b == b'/')
+        .map(|part| match part {
+            b"" => Err(bad("it has an empty component")),
+            b"." | b".." => Err(bad("'.' and '..' are not allowed")),
+            _ => Name::new(part.to_vec()).map_err(|e| bad(&e.to_string())),
+        })
+        .collect::<Result<_>>()?;
+    if names.len() > MAX_DEPTH {
+        return Err(bad("it is nested too deeply"));
+    }
+    Ok(names)
 }
 
 fn join_path(mut parts: Vec<Vec<u8>>) -> Vec<u8> {

@@ -853,3 +853,38 @@ fn a_bad_event_in_a_batch_fails_alone() {
         (events.len() - 2) as u64
     );
 }
+
+#[test]
+fn paths_resolve_and_traversal_is_refused() {
+    let (_d, e) = engine("eu", Strategy::LastWriterWins);
+    let ns = &e.namespace;
+    let a = ns
+        .create(NodeId::ROOT, b"a", NewNode::directory(0o755))
+        .unwrap()
+        .id;
+    let f = put(&e, a, "f.txt", b"x");
+    assert_eq!(ns.resolve(b"/").unwrap().id, NodeId::ROOT);
+    assert_eq!(ns.resolve(b"/a/f.txt").unwrap().id, f);
+    assert_eq!(ns.resolve(b"/a/").unwrap().id, a);
+    let (parent, name) = ns.resolve_parent(b"/a/new").unwrap();
+    assert_eq!((parent.id, name.as_bytes()), (a, &b"new"[..]));
+    for bad in [
+        &b"a/f.txt"[..],
+        b"/a/../a",
+        b"/a/./f.txt",
+        b"//a",
+        b"/a//f.txt",
+        b"",
+        b"/a\0b",
+    ] {
+        assert!(
+            matches!(ns.resolve(bad), Err(Error::InvalidPath { .. })),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(ns.resolve(b"/missing"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        ns.resolve_parent(b"/"),
+        Err(Error::InvalidPath { .. })
+    ));
+}
