@@ -164,6 +164,10 @@ pub enum Error {
     #[error("invalid message: {0}")]
     Wire(#[from] crate::wire::WireError),
 
+    /// A peer (coordinator or region) could not be reached or broke off.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+
     /// A region the coordinator does not know (it must register first).
     #[error("unknown region {0}: register first")]
     UnknownRegion(String),

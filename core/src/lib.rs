@@ -9,6 +9,7 @@
 //! - [`config`]: the TOML configuration of coordinators and regions.
 //! - [`coordinator`]: the change log, conflicts, regions and quorum.
 //! - [`wire`]: conversions to and from the gRPC wire types.
+//! - [`node`]: the region runtime and the services a region offers.
 //! - [`rpc`]: the gRPC boundary: error statuses and message limits.
 //! - [`Engine`]: a region's local state (all of the above) opened from one directory.
 #![deny(unsafe_code)]
@@ -21,6 +22,7 @@ mod engine;
 mod error;
 pub mod model;
 pub mod namespace;
+pub mod node;
 pub mod queue;
 pub mod rpc;
 pub mod store;

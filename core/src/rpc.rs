@@ -41,6 +41,7 @@ impl From<Error> for Status {
             | Error::UnknownRegion(_) => Code::NotFound,
             Error::ChunkOutOfRange { .. } | Error::AckBeyondHead { .. } => Code::OutOfRange,
             Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::Unreachable(_) => Code::Unavailable,
             Error::NotADirectory(_)
             | Error::IsADirectory(_)
             | Error::NotEmpty(_)

@@ -16,8 +16,10 @@
 //! origin"; sequence holes would make every region's gap check depend on which
 //! events were its own.)
 
+pub mod admin;
 pub mod log;
 pub mod registry;
+pub mod server;
 pub mod service;
 
 use std::path::Path;
@@ -56,6 +58,22 @@ pub struct CoordinatorSettings {
     pub health: HealthPolicy,
     pub heartbeat_interval: Duration,
     pub max_drift: Duration,
+}
+
+impl CoordinatorSettings {
+    /// The settings a configuration file describes.
+    pub fn from_config(config: &crate::config::CoordinatorConfig) -> Self {
+        CoordinatorSettings {
+            policy: config.conflicts.policy(),
+            health: HealthPolicy {
+                offline_after: config.heartbeat.offline_after(),
+                degraded_lag_events: config.degraded_lag_events,
+                degraded_lag_seconds: config.degraded_lag_seconds,
+            },
+            heartbeat_interval: config.heartbeat.interval(),
+            max_drift: config.max_clock_drift(),
+        }
+    }
 }
 
 impl Default for CoordinatorSettings {
