@@ -1,13 +1,48 @@
-//! `geosync`: the one binary (regions, coordinator, demo cluster, operator CLI
-//! and console). Subcommands arrive with the replication and console work.
+//! `geosync`: the one binary. Runs coordinators, regions and a whole demo
+//! cluster, and is the operator's CLI (status, conflicts, queues, files).
+
+mod cli;
+mod client;
+mod serve;
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-/// A geo-replicated sync file system.
-#[derive(Parser, Debug)]
-#[command(name = "geosync", version, about)]
-struct Cli {}
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("geosync: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("geosync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-fn main() {
-    Cli::parse();
+async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    use cli::Command;
+    match cli.command {
+        Command::Demo(args) => serve::demo(args).await,
+        Command::Coordinator(args) => serve::coordinator(args).await,
+        Command::Region(args) => serve::region(args).await,
+        Command::Status(args) => client::status(args).await,
+        Command::Conflicts(args) => client::conflicts(args).await,
+        Command::Queue(args) => client::queue(args).await,
+        Command::Ls(args) => client::ls(args).await,
+        Command::Cat(args) => client::cat(args).await,
+        Command::Put(args) => client::put(args).await,
+        Command::Rm(args) => client::rm(args).await,
+        Command::Mkdir(args) => client::mkdir(args).await,
+    }
 }

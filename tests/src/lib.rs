@@ -1,8 +1,27 @@
-//! The geosync test harness: temporary directories, deadlines, child processes.
+//! The geosync test harness: an in-process cluster on loopback (a coordinator
+//! and regions, each with its own temporary directory and port), deadlines
+//! for everything that waits, and tree comparison for convergence checks.
 //! Scenario tests live in `tests/tests/`.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use geosync_core::clock::RegionId;
+use geosync_core::config::{ConflictConfig, RegionConfig, StrategyName};
+use geosync_core::coordinator::CoordinatorSettings;
+use geosync_core::coordinator::registry::HealthPolicy;
+use geosync_core::coordinator::server::CoordinatorNode;
+use geosync_core::namespace::{Namespace, NodeView};
+use geosync_core::node::{RegionNode, RegionSettings};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+/// How long a scenario may wait for the cluster to settle.
+pub const SETTLE: Duration = Duration::from_secs(30);
 
 /// Polls `condition` until it holds or `deadline` passes; returns whether it held.
 pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
@@ -15,5 +34,234 @@ pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bo
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`wait_until`] for async conditions.
+pub async fn wait_for<F, Fut>(deadline: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a region shows, comparable across regions: path -> (kind, content, mode, size, deleted-ness).
+pub type Tree = BTreeMap<Vec<u8>, String>;
+
+/// A canonical, printable view of a namespace's tree.
+pub fn tree(ns: &Namespace) -> Tree {
+    ns.tree()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(path, v): (Vec<u8>, NodeView)| {
+            let content = v.meta.content.map(|c| c.id.short()).unwrap_or_default();
+            (
+                path,
+                format!(
+                    "{:?} {content} {:o} {}",
+                    v.meta.kind, v.meta.mode, v.meta.size
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A coordinator and regions on loopback, each in a temporary directory.
+pub struct Cluster {
+    pub root: TempDir,
+    pub coordinator: Option<CoordinatorNode>,
+    pub coordinator_addr: std::net::SocketAddr,
+    pub regions: BTreeMap<String, RegionNode>,
+    pub conflicts: ConflictConfig,
+    /// The chunk size every region uses (small, so tests span many chunks).
+    pub chunk_size: u32,
+}
+
+impl Cluster {
+    /// Starts a coordinator and the named regions, all with one conflict strategy.
+    pub async fn start(regions: &[&str], strategy: StrategyName) -> Cluster {
+        let conflicts = ConflictConfig {
+            default: strategy,
+            primary: None,
+            rules: Vec::new(),
+        };
+        Self::start_with(regions, conflicts).await
+    }
+
+    /// Starts a coordinator and the named regions with a conflict configuration.
+    pub async fn start_with(regions: &[&str], conflicts: ConflictConfig) -> Cluster {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind coordinator");
+        let coordinator_addr = listener.local_addr().expect("coordinator address");
+        let mut cluster = Cluster {
+            root,
+            coordinator: None,
+            coordinator_addr,
+            regions: BTreeMap::new(),
+            conflicts,
+            chunk_size: 64 * 1024,
+        };
+        cluster.start_coordinator_on(listener).await;
+        for r in regions {
+            cluster.start_region(r).await;
+        }
+        cluster
+    }
+
+    fn coordinator_dir(&self) -> PathBuf {
+        self.root.path().join("coordinator")
+    }
+
+    fn settings(&self) -> CoordinatorSettings {
+        CoordinatorSettings {
+            policy: self.conflicts.policy(),
+            health: HealthPolicy::default(),
+            heartbeat_interval: Duration::from_millis(200),
+            ..CoordinatorSettings::default()
+        }
+    }
+
+    async fn start_coordinator_on(&mut self, listener: TcpListener) {
+        let node = CoordinatorNode::start(&self.coordinator_dir(), self.settings(), listener)
+            .await
+            .expect("start coordinator");
+        self.coordinator = Some(node);
+    }
+
+    /// Restarts the coordinator on the same port (optionally with its data wiped).
+    pub async fn restart_coordinator(&mut self, wipe: bool) {
+        if let Some(node) = self.coordinator.take() {
+            node.shutdown().await;
+        }
+        if wipe {
+            std::fs::remove_dir_all(self.coordinator_dir()).expect("wipe coordinator data");
+        }
+        let listener = bind_retrying(self.coordinator_addr).await;
+        self.start_coordinator_on(listener).await;
+    }
+
+    /// Stops the coordinator (regions keep running, queueing their writes).
+    pub async fn stop_coordinator(&mut self) {
+        if let Some(node) = self.coordinator.take() {
+            node.shutdown().await;
+        }
+    }
+
+    pub fn region_dir(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// The configuration a region of this cluster runs with.
+    pub fn region_config(&self, name: &str) -> RegionConfig {
+        let id = RegionId::new(name).expect("region id");
+        let mut config = RegionConfig::new(id);
+        config.data_dir = self.region_dir(name);
+        config.coordinator = vec![format!("http://{}", self.coordinator_addr)];
+        config.listen = "127.0.0.1:0".parse().expect("address");
+        config.http_listen = Some("127.0.0.1:0".parse().expect("address"));
+        config.conflicts = self.conflicts.clone();
+        config
+    }
+
+    /// Starts (or restarts) a region with its data kept.
+    pub async fn start_region(&mut self, name: &str) {
+        let config = self.region_config(name);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind region");
+        let mut settings = RegionSettings::new(config);
+        settings.chunk_size = self.chunk_size;
+        let node = RegionNode::start(settings, listener)
+            .await
+            .expect("start region");
+        self.regions.insert(name.to_owned(), node);
+    }
+
+    /// Stops a region (its data stays for a restart).
+    pub async fn stop_region(&mut self, name: &str) {
+        if let Some(node) = self.regions.remove(name) {
+            node.shutdown().await.expect("region shutdown");
+        }
+    }
+
+    pub fn region(&self, name: &str) -> &RegionNode {
+        &self.regions[name]
+    }
+
+    pub fn ns(&self, name: &str) -> &Namespace {
+        &self.regions[name].engine().namespace
+    }
+
+    /// Waits until every running region is ready, has applied the whole log,
+    /// has nothing left to push, and all show the same tree. Returns the tree.
+    pub async fn converged(&self) -> Result<Tree, String> {
+        let ok = wait_for(SETTLE, || async {
+            let Some(c) = &self.coordinator else {
+                return false;
+            };
+            let head = c.coordinator().head();
+            let settled = self.regions.values().all(|r| {
+                r.status().ready.load(Ordering::SeqCst)
+                    && r.status().applied.load(Ordering::SeqCst) >= head
+                    && r.engine().queue.is_empty().unwrap_or(false)
+            });
+            settled && c.coordinator().head() == head && {
+                let trees: Vec<Tree> = self
+                    .regions
+                    .values()
+                    .map(|r| tree(&r.engine().namespace))
+                    .collect();
+                trees.windows(2).all(|w| w[0] == w[1])
+            }
+        })
+        .await;
+        let trees: BTreeMap<&String, Tree> = self
+            .regions
+            .iter()
+            .map(|(n, r)| (n, tree(&r.engine().namespace)))
+            .collect();
+        if ok {
+            Ok(trees.into_values().next().unwrap_or_default())
+        } else {
+            Err(format!("no convergence within {SETTLE:?}: {trees:#?}"))
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Stops everything, regions first.
+    pub async fn shutdown(mut self) {
+        let names: Vec<String> = self.regions.keys().cloned().collect();
+        for n in names {
+            self.stop_region(&n).await;
+        }
+        self.stop_coordinator().await;
+    }
+}
+
+/// Binds an address that was just released (the port may linger briefly).
+async fn bind_retrying(addr: std::net::SocketAddr) -> TcpListener {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < end => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot rebind {addr}: {e}"),
+        }
     }
 }

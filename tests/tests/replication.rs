@@ -1,0 +1,299 @@
+//! Replication scenarios: a real coordinator and real regions talking gRPC on
+//! loopback, each with its own data directory.
+
+use std::sync::atomic::Ordering;
+
+use geosync_core::config::StrategyName;
+use geosync_core::model::NodeId;
+use geosync_core::namespace::{NewNode, RenameMode};
+use geosync_core::{Engine, EngineConfig};
+use geosync_proto::v1;
+use geosync_tests::{Cluster, SETTLE, tree, wait_for};
+
+/// Writes a file (creating it if needed) through a namespace, like the FUSE layer will.
+fn put(engine: &Engine, parent: NodeId, name: &str, data: &[u8]) -> NodeId {
+    let content = engine.content.put_bytes(data).expect("put bytes");
+    let ns = &engine.namespace;
+    let id = match ns.lookup(parent, name.as_bytes()) {
+        Ok(v) => v.id,
+        Err(_) => {
+            ns.create(parent, name.as_bytes(), NewNode::file(0o644))
+                .expect("create")
+                .id
+        }
+    };
+    ns.write_content(id, content, 1).expect("write");
+    id
+}
+
+fn mkdir(engine: &Engine, parent: NodeId, name: &str) -> NodeId {
+    engine
+        .namespace
+        .create(parent, name.as_bytes(), NewNode::directory(0o755))
+        .expect("mkdir")
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_regions_converge() {
+    let cluster = Cluster::start(&["eu", "us", "ap"], StrategyName::Lww).await;
+    let eu = cluster.region("eu").engine().clone();
+    let media = mkdir(&eu, NodeId::ROOT, "media");
+    put(&eu, media, "a.mkv", b"movie a");
+    cluster.converged().await.expect("first sync");
+
+    let us = cluster.region("us").engine().clone();
+    let ap = cluster.region("ap").engine().clone();
+    let media_us = us
+        .namespace
+        .lookup(NodeId::ROOT, b"media")
+        .expect("media in us")
+        .id;
+    put(&us, media_us, "b.mkv", b"movie b");
+    let docs = mkdir(&ap, NodeId::ROOT, "docs");
+    put(&ap, docs, "notes.txt", b"notes");
+    us.namespace
+        .rename(
+            media_us,
+            b"a.mkv",
+            media_us,
+            b"renamed.mkv",
+            RenameMode::Replace,
+        )
+        .expect("rename");
+    let t = cluster.converged().await.expect("convergence");
+    let paths: Vec<String> = t
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/docs",
+            "/docs/notes.txt",
+            "/media",
+            "/media/b.mkv",
+            "/media/renamed.mkv"
+        ]
+    );
+
+    ap.namespace.unlink(docs, b"notes.txt").expect("unlink");
+    ap.namespace.rmdir(NodeId::ROOT, b"docs").expect("rmdir");
+    let t = cluster
+        .converged()
+        .await
+        .expect("convergence after deletes");
+    assert_eq!(t.len(), 3, "{t:?}");
+    // Every region holds the same content hashes (the tree shows them).
+    assert_eq!(tree(&eu.namespace), tree(&ap.namespace));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offline_region_catches_up_and_pushes_its_offline_writes() {
+    let mut cluster = Cluster::start(&["eu", "us"], StrategyName::Lww).await;
+    let eu = cluster.region("eu").engine().clone();
+    put(&eu, NodeId::ROOT, "before.txt", b"1");
+    cluster.converged().await.expect("first sync");
+
+    cluster.stop_region("us").await;
+    put(&eu, NodeId::ROOT, "while-away.txt", b"2");
+    {
+        // The offline region keeps working locally (its own queue).
+        let config = cluster.region_config("us");
+        let mut engine_config = EngineConfig::new(geosync_core::namespace::NamespaceConfig::new(
+            config.region.clone(),
+        ));
+        engine_config.content.chunk_size = cluster.chunk_size;
+        let offline = Engine::open(&config.data_dir, engine_config).expect("open offline region");
+        put(&offline, NodeId::ROOT, "offline.txt", b"3");
+        offline.namespace.sync().expect("sync");
+    }
+    cluster.start_region("us").await;
+    let t = cluster.converged().await.expect("catch up");
+    let paths: Vec<String> = t
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(paths, ["/before.txt", "/offline.txt", "/while-away.txt"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_restart_keeps_the_epoch_and_regions_catch_up() {
+    let mut cluster = Cluster::start(&["eu", "us"], StrategyName::Lww).await;
+    let eu = cluster.region("eu").engine().clone();
+    put(&eu, NodeId::ROOT, "one.txt", b"1");
+    cluster.converged().await.expect("first sync");
+    let epoch = cluster
+        .coordinator
+        .as_ref()
+        .expect("coordinator")
+        .coordinator()
+        .epoch()
+        .to_owned();
+
+    cluster.stop_coordinator().await;
+    // Written while the coordinator is down: queued, pushed later.
+    put(&eu, NodeId::ROOT, "two.txt", b"2");
+    cluster.restart_coordinator(false).await;
+    let c = cluster
+        .coordinator
+        .as_ref()
+        .expect("coordinator")
+        .coordinator()
+        .clone();
+    assert_eq!(c.epoch(), epoch, "the log was kept: same epoch");
+    let t = cluster.converged().await.expect("catch up after restart");
+    assert_eq!(t.len(), 2, "{t:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wiped_coordinator_means_a_new_epoch_a_full_resync_and_nothing_lost() {
+    let mut cluster = Cluster::start(&["eu", "us"], StrategyName::Lww).await;
+    let eu = cluster.region("eu").engine().clone();
+    let us = cluster.region("us").engine().clone();
+    put(&eu, NodeId::ROOT, "eu.txt", b"eu");
+    put(&us, NodeId::ROOT, "us.txt", b"us");
+    cluster.converged().await.expect("first sync");
+    let old_epoch = cluster
+        .coordinator
+        .as_ref()
+        .expect("coordinator")
+        .coordinator()
+        .epoch()
+        .to_owned();
+
+    cluster.restart_coordinator(true).await;
+    let new_epoch = cluster
+        .coordinator
+        .as_ref()
+        .expect("coordinator")
+        .coordinator()
+        .epoch()
+        .to_owned();
+    assert_ne!(old_epoch, new_epoch);
+    put(&us, NodeId::ROOT, "after.txt", b"after");
+    let t = cluster.converged().await.expect("resync");
+    let paths: Vec<String> = t
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/after.txt", "/eu.txt", "/us.txt"],
+        "nothing written locally is lost"
+    );
+    // A newcomer learns everything from the new log alone.
+    cluster.start_region("ap").await;
+    let t = cluster.converged().await.expect("newcomer");
+    assert_eq!(t.len(), 3);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_event_is_detected_as_a_gap_and_recovered() {
+    let cluster = Cluster::start(&["eu", "us"], StrategyName::Lww).await;
+    cluster.converged().await.expect("start");
+    let us = cluster.region("us");
+    us.status().drop_next_event.store(true, Ordering::SeqCst);
+    let eu = cluster.region("eu").engine().clone();
+    put(&eu, NodeId::ROOT, "a.txt", b"a");
+    put(&eu, NodeId::ROOT, "b.txt", b"b");
+    let t = cluster.converged().await.expect("recovered from the gap");
+    assert!(
+        !us.status().drop_next_event.load(Ordering::SeqCst),
+        "the fault fired"
+    );
+    assert_eq!(t.len(), 2, "{t:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manual_conflict_waits_for_the_operator_and_converges_on_the_choice() {
+    let mut cluster = Cluster::start(&["eu", "us"], StrategyName::Manual).await;
+    let eu = cluster.region("eu").engine().clone();
+    let f = put(&eu, NodeId::ROOT, "doc.txt", b"base");
+    cluster.converged().await.expect("first sync");
+
+    cluster.stop_region("us").await;
+    put(&eu, NodeId::ROOT, "doc.txt", b"from eu");
+    {
+        let config = cluster.region_config("us");
+        let mut engine_config = EngineConfig::new(geosync_core::namespace::NamespaceConfig::new(
+            config.region.clone(),
+        ));
+        engine_config.namespace.policy = config.conflicts.policy();
+        engine_config.content.chunk_size = cluster.chunk_size;
+        let offline = Engine::open(&config.data_dir, engine_config).expect("open offline region");
+        put(&offline, NodeId::ROOT, "doc.txt", b"from us");
+        offline.namespace.sync().expect("sync");
+    }
+    cluster.start_region("us").await;
+    cluster.converged().await.expect("both versions everywhere");
+
+    // The operator sees the conflict through the admin API and keeps us's version.
+    let url = format!("http://{}", cluster.coordinator_addr);
+    let mut admin = v1::admin_client::AdminClient::connect(url)
+        .await
+        .expect("admin client");
+    let conflicts = admin
+        .list_conflicts(v1::ListConflictsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .conflicts;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].path, "/doc.txt");
+    assert_eq!(conflicts[0].versions.len(), 2);
+    for r in ["eu", "us"] {
+        assert_eq!(
+            cluster.ns(r).conflicts().expect("conflicts").len(),
+            1,
+            "open in {r}"
+        );
+    }
+    let bad = admin
+        .resolve_conflict(v1::ResolveConflictRequest {
+            id: conflicts[0].id.clone(),
+            choice: Some(v1::resolve_conflict_request::Choice::KeepRegion(
+                "nowhere".into(),
+            )),
+        })
+        .await;
+    assert_eq!(
+        bad.expect_err("unknown region").code(),
+        tonic::Code::NotFound
+    );
+    admin
+        .resolve_conflict(v1::ResolveConflictRequest {
+            id: conflicts[0].id.clone(),
+            choice: Some(v1::resolve_conflict_request::Choice::KeepRegion(
+                "us".into(),
+            )),
+        })
+        .await
+        .expect("resolve");
+    let ok = wait_for(SETTLE, || async {
+        ["eu", "us"].iter().all(|r| {
+            cluster
+                .ns(r)
+                .conflicts()
+                .map(|c| c.is_empty())
+                .unwrap_or(false)
+        })
+    })
+    .await;
+    assert!(ok, "the resolution reached every region");
+    cluster.converged().await.expect("converged on the choice");
+    let expected = eu.content.put_bytes(b"from us").expect("hash");
+    for r in ["eu", "us"] {
+        assert_eq!(
+            cluster.ns(r).get(f).expect("node").meta.content,
+            Some(expected),
+            "{r}"
+        );
+    }
+    cluster.shutdown().await;
+}
