@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use geosync_core::clock::RegionId;
-use geosync_core::config::{ConflictConfig, RegionConfig, StrategyName};
+use geosync_core::config::{ConflictConfig, RegionConfig, StrategyName, SyncConfig};
 use geosync_core::coordinator::CoordinatorSettings;
 use geosync_core::coordinator::registry::HealthPolicy;
 use geosync_core::coordinator::server::CoordinatorNode;
@@ -85,6 +85,8 @@ pub struct Cluster {
     pub conflicts: ConflictConfig,
     /// The chunk size every region uses (small, so tests span many chunks).
     pub chunk_size: u32,
+    /// The content sync strategies regions started from now on use.
+    pub sync: SyncConfig,
 }
 
 impl Cluster {
@@ -112,6 +114,7 @@ impl Cluster {
             regions: BTreeMap::new(),
             conflicts,
             chunk_size: 64 * 1024,
+            sync: SyncConfig::default(),
         };
         cluster.start_coordinator_on(listener).await;
         for r in regions {
@@ -172,6 +175,7 @@ impl Cluster {
         config.listen = "127.0.0.1:0".parse().expect("address");
         config.http_listen = Some("127.0.0.1:0".parse().expect("address"));
         config.conflicts = self.conflicts.clone();
+        config.sync = self.sync.clone();
         config
     }
 

@@ -297,3 +297,123 @@ async fn a_manual_conflict_waits_for_the_operator_and_converges_on_the_choice() 
     }
     cluster.shutdown().await;
 }
+
+/// A file big enough to span many chunks (the cluster uses 64 KiB chunks).
+fn big_file(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[0] ^ seed)
+        .collect()
+}
+
+async fn read_range(
+    cluster: &Cluster,
+    region: &str,
+    path: &str,
+    offset: u64,
+    length: u64,
+) -> Vec<u8> {
+    let url = format!("http://{}", cluster.region(region).grpc_addr());
+    let mut files = v1::files_client::FilesClient::connect(url)
+        .await
+        .expect("files client");
+    let request = v1::ReadRequest {
+        path: path.as_bytes().to_vec(),
+        offset,
+        length,
+    };
+    let mut stream = files.read(request).await.expect("read").into_inner();
+    let mut out = Vec::new();
+    while let Some(piece) = tokio_stream::StreamExt::next(&mut stream).await {
+        out.extend_from_slice(&piece.expect("piece").data);
+    }
+    out
+}
+
+fn sync_config(strategy: geosync_core::config::SyncStrategy) -> geosync_core::config::SyncConfig {
+    geosync_core::config::SyncConfig {
+        default: strategy,
+        rules: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_demand_content_is_fetched_at_first_read_and_only_what_is_read() {
+    let mut cluster = Cluster::start(&["eu"], StrategyName::Lww).await;
+    cluster.sync = sync_config(geosync_core::config::SyncStrategy::OnDemand);
+    cluster.start_region("us").await;
+    let data = big_file(1 << 20, 7);
+    let eu = cluster.region("eu").engine().clone();
+    let id = put(&eu, NodeId::ROOT, "movie.mkv", &data);
+    cluster.converged().await.expect("metadata everywhere");
+    let us = cluster.region("us").engine().clone();
+    let content = us
+        .namespace
+        .get(id)
+        .expect("node")
+        .meta
+        .content
+        .expect("content");
+    assert!(
+        !us.content.is_complete(&content.id).expect("presence"),
+        "on-demand: nothing fetched yet"
+    );
+
+    // A media server's probe: a few random offsets.
+    for (offset, len) in [(700_000u64, 1000u64), (123, 77), (1_000_000, 48_576)] {
+        let got = read_range(&cluster, "us", "/movie.mkv", offset, len).await;
+        assert_eq!(
+            got,
+            data[offset as usize..(offset + len) as usize],
+            "bytes at {offset}"
+        );
+    }
+    let missing = us
+        .content
+        .missing_chunks(&content.id, 0..content.size)
+        .expect("missing");
+    assert!(
+        !missing.is_empty(),
+        "random reads fetched only the chunks they touched"
+    );
+    assert_eq!(
+        read_range(&cluster, "us", "/movie.mkv", 0, 0).await,
+        data,
+        "a whole read"
+    );
+    assert!(us.content.is_complete(&content.id).expect("presence"));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eager_content_is_replicated_without_a_read() {
+    let mut cluster = Cluster::start(&["eu"], StrategyName::Lww).await;
+    cluster.sync = sync_config(geosync_core::config::SyncStrategy::Eager);
+    cluster.start_region("us").await;
+    let data = big_file(300_000, 3);
+    let eu = cluster.region("eu").engine().clone();
+    let id = put(&eu, NodeId::ROOT, "doc.bin", &data);
+    cluster.converged().await.expect("metadata everywhere");
+    let us = cluster.region("us").engine().clone();
+    let content = us
+        .namespace
+        .get(id)
+        .expect("node")
+        .meta
+        .content
+        .expect("content");
+    let complete = wait_for(SETTLE, || async {
+        us.content.is_complete(&content.id).unwrap_or(false)
+    })
+    .await;
+    assert!(
+        complete,
+        "eager: the content arrives without anyone reading it"
+    );
+    let mut buf = vec![0; data.len()];
+    let n = us
+        .content
+        .read_at(&content.id, 0, &mut buf)
+        .expect("local read");
+    assert_eq!(&buf[..n], &data[..], "verified bytes");
+    cluster.shutdown().await;
+}

@@ -30,7 +30,7 @@ use std::time::Duration;
 use geosync_proto::v1;
 use geosync_proto::v1::coordinator_client::CoordinatorClient;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -39,11 +39,11 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::clock::{self, RegionId};
-use crate::config::RegionConfig;
+use crate::config::{RegionConfig, SyncStrategy};
 use crate::model::ChangeEvent;
 use crate::namespace::NamespaceConfig;
 use crate::queue::QueueConfig;
-use crate::store::content::ContentConfig;
+use crate::store::content::{ContentConfig, ContentRef};
 use crate::store::{KV, kv_get};
 use crate::{Engine, EngineConfig, Error, Result};
 
@@ -62,6 +62,9 @@ const APPLY_WINDOW: Duration = Duration::from_millis(2);
 
 /// Nodes per page when pushing the whole state to a new log.
 const REPUSH_PAGE: usize = 256;
+
+/// Content transfers a region runs at once for eager/lazy replication.
+const CONTENT_TRANSFERS: usize = 4;
 
 /// Backoff between reconnection attempts.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -226,6 +229,7 @@ impl RegionNode {
         }));
 
         let (welcome_tx, welcome_rx) = watch::channel(None::<Welcome>);
+        let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
         let runtime = Runtime {
             engine: engine.clone(),
             region: config.region.clone(),
@@ -234,7 +238,11 @@ impl RegionNode {
             coordinators,
             status: status.clone(),
             shutdown: shutdown.clone(),
+            fetch_tx,
         };
+        tasks.push(tokio::spawn(
+            runtime.clone().content_loop(fetch_rx, chunk_source.clone()),
+        ));
         tasks.push(tokio::spawn(runtime.clone().heartbeat_loop(welcome_tx)));
         tasks.push(tokio::spawn(runtime.clone().sync_loop(welcome_rx.clone())));
         tasks.push(tokio::spawn(runtime.push_loop()));
@@ -308,6 +316,8 @@ struct Runtime {
     coordinators: Coordinators,
     status: Arc<RegionStatus>,
     shutdown: CancellationToken,
+    /// Content to replicate in the background (eager first, then lazy).
+    fetch_tx: mpsc::UnboundedSender<(SyncStrategy, ContentRef)>,
 }
 
 impl Runtime {
@@ -565,22 +575,40 @@ impl Runtime {
         };
         let count = batch.len() as u64;
         let epoch_owned = epoch.to_owned();
-        self.blocking(move |engine| {
+        let sync = self.config.sync.clone();
+        let fetch = self.blocking(move |engine| {
             let (outcomes, ()) = engine.namespace.apply_remote_batch_with(&batch, |txn, _| {
                 let mut kv = txn.open_table(KV)?;
                 kv.insert(KV_APPLIED, last.to_be_bytes().as_slice())?;
                 kv.insert(KV_EPOCH, epoch_owned.as_bytes())?;
                 Ok(())
             })?;
+            let mut fetch = Vec::new();
             for (event, outcome) in batch.iter().zip(outcomes) {
                 if let Err(e) = outcome {
                     // A bad event in the log is skipped, never fatal: the others must land.
                     tracing::error!(seq = ?event.seq, error = %e, "refused an event from the log");
+                    continue;
+                }
+                let meta = &event.version.meta;
+                let Some(content) = meta.content.filter(|_| !meta.deleted) else { continue };
+                if event.origin == *engine.namespace.region() || engine.content.is_complete(&content.id)? {
+                    continue;
+                }
+                // The node's path decides: eager and lazy replicate now, on-demand at first read.
+                let Ok(path) = engine.namespace.path_of(event.node) else { continue };
+                let strategy = sync.strategy_for(&path);
+                if strategy != SyncStrategy::OnDemand {
+                    fetch.push((strategy, content));
                 }
             }
-            Ok(())
+            Ok(fetch)
         })
         .await?;
+        for item in fetch {
+            // The receiver lives as long as the region: a send only fails at shutdown.
+            let _ = self.fetch_tx.send(item);
+        }
         self.status.applied.store(last, Ordering::SeqCst);
         self.status
             .events_applied
@@ -680,6 +708,59 @@ impl Runtime {
                 })
                 .await
                 .map_err(|s| Error::Unreachable(s.message().to_owned()))?;
+        }
+    }
+
+    /// Replicates content in the background: eager content first, then lazy,
+    /// a few transfers at a time. A failed transfer is left for the first read.
+    async fn content_loop(
+        self,
+        mut fetch_rx: mpsc::UnboundedReceiver<(SyncStrategy, ContentRef)>,
+        chunks: Arc<dyn ChunkSource>,
+    ) {
+        let permits = Arc::new(Semaphore::new(CONTENT_TRANSFERS));
+        let mut lazy: std::collections::VecDeque<ContentRef> = Default::default();
+        loop {
+            // Eager items are taken as they come; lazy ones wait their turn.
+            let next = if lazy.is_empty() {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    item = fetch_rx.recv() => item,
+                }
+            } else {
+                match fetch_rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        lazy.pop_front().map(|c| (SyncStrategy::Eager, c))
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            };
+            let Some((strategy, content)) = next else {
+                return;
+            };
+            if strategy == SyncStrategy::Lazy {
+                lazy.push_back(content);
+                continue;
+            }
+            let permit = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let chunks = chunks.clone();
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    r = chunks.ensure(content, 0..content.size) => if let Err(e) = r {
+                        tracing::warn!(content = %content.id.short(), error = %e, "background replication failed; the first read retries");
+                    },
+                }
+            });
         }
     }
 
