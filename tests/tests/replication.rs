@@ -417,3 +417,81 @@ async fn eager_content_is_replicated_without_a_read() {
     assert_eq!(&buf[..n], &data[..], "verified bytes");
     cluster.shutdown().await;
 }
+
+/// Makes eu and us write `/doc.txt` concurrently (us while disconnected, so
+/// after eu in time) and returns the converged cluster.
+async fn concurrent_writes(conflicts: geosync_core::config::ConflictConfig) -> Cluster {
+    let mut cluster = Cluster::start_with(&["eu", "us"], conflicts).await;
+    let eu = cluster.region("eu").engine().clone();
+    put(&eu, NodeId::ROOT, "doc.txt", b"base");
+    cluster.converged().await.expect("first sync");
+    cluster.stop_region("us").await;
+    put(&eu, NodeId::ROOT, "doc.txt", b"from eu");
+    {
+        let config = cluster.region_config("us");
+        let mut engine_config =
+            EngineConfig::new(geosync_core::namespace::NamespaceConfig::new(config.region.clone()));
+        engine_config.namespace.policy = config.conflicts.policy();
+        engine_config.content.chunk_size = cluster.chunk_size;
+        let offline = Engine::open(&config.data_dir, engine_config).expect("open offline region");
+        put(&offline, NodeId::ROOT, "doc.txt", b"from us");
+        offline.namespace.sync().expect("sync");
+    }
+    cluster.start_region("us").await;
+    cluster
+}
+
+/// What every region shows: path -> file content.
+fn contents(cluster: &Cluster, region: &str) -> Vec<(String, Vec<u8>)> {
+    let engine = cluster.region(region).engine();
+    let mut out = Vec::new();
+    for (path, view) in engine.namespace.tree().expect("tree") {
+        let Some(content) = view.meta.content else { continue };
+        let mut buf = vec![0; content.size as usize];
+        // Content written elsewhere may be cold here: read through a region that holds it.
+        let n = cluster
+            .regions
+            .values()
+            .find_map(|r| r.engine().content.read_at(&content.id, 0, &mut buf).ok())
+            .expect("some region holds the content");
+        out.push((String::from_utf8_lossy(&path).into_owned(), buf[..n].to_vec()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_resolve_per_strategy() {
+    use geosync_core::config::ConflictConfig;
+    let eu = geosync_core::clock::RegionId::new("eu").expect("id");
+    let cases: [(&str, ConflictConfig, &[u8], bool); 4] = [
+        ("lww", ConflictConfig { default: StrategyName::Lww, ..Default::default() }, b"from us", false),
+        ("fork", ConflictConfig { default: StrategyName::Fork, ..Default::default() }, b"from us", true),
+        ("merge", ConflictConfig { default: StrategyName::Merge, ..Default::default() }, b"from us", true),
+        (
+            "primary-wins",
+            ConflictConfig { default: StrategyName::PrimaryWins, primary: Some(eu), rules: Vec::new() },
+            b"from eu",
+            true,
+        ),
+    ];
+    for (name, conflicts, winner, copy) in cases {
+        let cluster = concurrent_writes(conflicts).await;
+        cluster.converged().await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let shown = contents(&cluster, "eu");
+        assert_eq!(shown, contents(&cluster, "us"), "{name}: both regions show the same");
+        let main = shown.iter().find(|(p, _)| p == "/doc.txt").expect("doc.txt");
+        assert_eq!(main.1, winner, "{name}: the winner keeps the name");
+        let copies: Vec<_> = shown.iter().filter(|(p, _)| p.starts_with("/doc.conflict-")).collect();
+        if copy {
+            assert_eq!(copies.len(), 1, "{name}: {shown:?}");
+            let loser: &[u8] = if winner == b"from us" { b"from eu" } else { b"from us" };
+            assert_eq!(copies[0].1, loser, "{name}: the loser is kept as a conflict copy");
+        } else {
+            assert!(copies.is_empty(), "{name}: {shown:?}");
+        }
+        for r in ["eu", "us"] {
+            assert!(cluster.ns(r).conflicts().expect("conflicts").is_empty(), "{name}: nothing left open");
+        }
+        cluster.shutdown().await;
+    }
+}
