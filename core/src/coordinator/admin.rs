@@ -138,11 +138,7 @@ impl AdminService {
         &self,
         f: impl FnOnce(&Coordinator) -> crate::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
-        let c = self.coordinator.clone();
-        tokio::task::spawn_blocking(move || f(&c))
-            .await
-            .map_err(|e| Status::internal(format!("coordinator task failed: {e}")))?
-            .map_err(Status::from)
+        super::service::on_blocking_pool(&self.coordinator, f).await
     }
 
     /// An Admin client for the region that owns a queue.
@@ -189,14 +185,9 @@ impl Admin for AdminService {
         tokio::spawn(async move {
             let mut head = c.watch_head();
             loop {
-                let cc = c.clone();
-                let view =
-                    tokio::task::spawn_blocking(move || cc.cluster(clock::system_ms())).await;
-                let item = match view {
-                    Ok(Ok(view)) => Ok(view_to_wire(&view)),
-                    Ok(Err(e)) => Err(Status::from(e)),
-                    Err(e) => Err(Status::internal(e.to_string())),
-                };
+                let item = super::service::on_blocking_pool(&c, |c| c.cluster(clock::system_ms()))
+                    .await
+                    .map(|view| view_to_wire(&view));
                 if tx.send(item).await.is_err() {
                     return;
                 }

@@ -58,17 +58,24 @@ impl CoordinatorService {
             .max_encoding_message_size(crate::rpc::MAX_MESSAGE_BYTES)
     }
 
-    /// Runs blocking coordinator work off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Coordinator) -> crate::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
-        let c = self.coordinator.clone();
-        tokio::task::spawn_blocking(move || f(&c))
-            .await
-            .map_err(|e| Status::internal(format!("coordinator task failed: {e}")))?
-            .map_err(Status::from)
+        on_blocking_pool(&self.coordinator, f).await
     }
+}
+
+/// Runs blocking coordinator work (the store) off the async threads.
+pub(crate) async fn on_blocking_pool<T: Send + 'static>(
+    coordinator: &Arc<Coordinator>,
+    f: impl FnOnce(&Coordinator) -> crate::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    let c = coordinator.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| Status::internal(format!("coordinator task failed: {e}")))?
+        .map_err(Status::from)
 }
 
 fn region(value: &str) -> Result<RegionId, Status> {
@@ -218,18 +225,14 @@ impl CoordinatorRpc for CoordinatorService {
             let mut head = c.watch_head();
             let mut last = r.after_seq;
             loop {
-                let cc = c.clone();
-                let batch =
-                    tokio::task::spawn_blocking(move || cc.events_after(last, SUBSCRIBE_BATCH))
-                        .await;
-                let batch = match batch {
-                    Ok(Ok(batch)) => batch,
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                let batch = match on_blocking_pool(&c, move |c| {
+                    c.events_after(last, SUBSCRIBE_BATCH)
+                })
+                .await
+                {
+                    Ok(batch) => batch,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
@@ -298,20 +301,14 @@ impl CoordinatorRpc for CoordinatorService {
         tokio::spawn(async move {
             let mut after: Option<NodeId> = None;
             loop {
-                let cc = c.clone();
-                let page =
-                    tokio::task::spawn_blocking(move || cc.snapshot(after, SNAPSHOT_PAGE)).await;
-                let (events, next) = match page {
-                    Ok(Ok(page)) => page,
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                        return;
-                    }
-                };
+                let (events, next) =
+                    match on_blocking_pool(&c, move |c| c.snapshot(after, SNAPSHOT_PAGE)).await {
+                        Ok(page) => page,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    };
                 let chunk = v1::SnapshotChunk {
                     epoch: epoch.clone(),
                     head_at_snapshot: head,
