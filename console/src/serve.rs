@@ -42,6 +42,11 @@ async fn stop_signal() -> Result<()> {
     Ok(())
 }
 
+/// How an HTTP endpoint is printed (`-` when there is none).
+fn http_url(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "-".to_owned(), |a| format!("http://{a}"))
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -50,8 +55,9 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 
 async fn start_coordinator(config: &CoordinatorConfig) -> Result<CoordinatorNode> {
     let listener = bind(config.listen, "coordinator").await?;
+    let http = bind(config.http_addr(), "coordinator's HTTP").await?;
     let settings = CoordinatorSettings::from_config(config);
-    CoordinatorNode::start(&config.data_dir, settings, listener)
+    CoordinatorNode::start(&config.data_dir, settings, listener, Some(http))
         .await
         .with_context(|| {
             format!(
@@ -63,9 +69,14 @@ async fn start_coordinator(config: &CoordinatorConfig) -> Result<CoordinatorNode
 
 async fn start_region(config: RegionConfig) -> Result<RegionNode> {
     let listener = bind(config.listen, &format!("region {}", config.region)).await?;
+    let http = bind(
+        config.http_addr(),
+        &format!("region {}'s HTTP", config.region),
+    )
+    .await?;
     let data_dir = config.data_dir.clone();
     let region = config.region.clone();
-    RegionNode::start(RegionSettings::new(config), listener)
+    RegionNode::start(RegionSettings::new(config), listener, Some(http))
         .await
         .with_context(|| format!("cannot start region {region} in {}", data_dir.display()))
 }
@@ -90,8 +101,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     config.validate()?;
     let node = start_coordinator(&config).await?;
     println!(
-        "coordinator  grpc http://{}  epoch {}",
+        "coordinator  grpc http://{}  http {}  epoch {}",
         node.grpc_addr(),
+        http_url(node.http_addr()),
         node.coordinator().epoch()
     );
     stop_signal().await?;
@@ -125,7 +137,12 @@ pub async fn region(args: RegionArgs) -> Result<()> {
     }
     config.validate()?;
     let node = start_region(config).await?;
-    println!("region {}  grpc http://{}", node.region(), node.grpc_addr());
+    println!(
+        "region {}  grpc http://{}  http {}",
+        node.region(),
+        node.grpc_addr(),
+        http_url(node.http_addr())
+    );
     stop_signal().await?;
     node.shutdown().await?;
     Ok(())
@@ -185,12 +202,17 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         regions.push(start_region(config).await?);
     }
     println!("geosync demo: data in {}", args.dir.display());
-    println!("  coordinator  grpc http://{}", coordinator.grpc_addr());
+    println!(
+        "  coordinator  grpc http://{}  http {}",
+        coordinator.grpc_addr(),
+        http_url(coordinator.http_addr())
+    );
     for r in &regions {
         println!(
-            "  region {:<5} grpc http://{}",
+            "  region {:<5} grpc http://{}  http {}",
             r.region().as_str(),
-            r.grpc_addr()
+            r.grpc_addr(),
+            http_url(r.http_addr())
         );
     }
     println!("try:");
@@ -208,6 +230,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         "  geosync status --coordinator http://{}",
         coordinator.grpc_addr()
     );
+    if let Some(http) = coordinator.http_addr() {
+        println!("  curl http://{http}/api/sync/status");
+    }
     if !args.headless {
         println!("(the console is not built yet: running headless; Ctrl-C stops the cluster)");
     }

@@ -10,6 +10,7 @@
 //! - [`coordinator`]: the change log, conflicts, regions and quorum.
 //! - [`wire`]: conversions to and from the gRPC wire types.
 //! - [`node`]: the region runtime and the services a region offers.
+//! - [`http`]: the HTTP surface (metrics, sync status, quorum, health) of every process.
 //! - [`rpc`]: the gRPC boundary: error statuses and message limits.
 //! - [`Engine`]: a region's local state (all of the above) opened from one directory.
 #![deny(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod conflict;
 pub mod coordinator;
 mod engine;
 mod error;
+pub mod http;
 pub mod model;
 pub mod namespace;
 pub mod node;

@@ -81,12 +81,16 @@ pub struct Cluster {
     pub root: TempDir,
     pub coordinator: Option<CoordinatorNode>,
     pub coordinator_addr: std::net::SocketAddr,
+    /// The coordinator's HTTP address (kept across coordinator restarts).
+    pub coordinator_http_addr: std::net::SocketAddr,
     pub regions: BTreeMap<String, RegionNode>,
     pub conflicts: ConflictConfig,
     /// The chunk size every region uses (small, so tests span many chunks).
     pub chunk_size: u32,
     /// The content sync strategies regions started from now on use.
     pub sync: SyncConfig,
+    /// The content cache budget of regions started from now on (None: the default).
+    pub cache_budget: Option<u64>,
 }
 
 impl Cluster {
@@ -107,16 +111,22 @@ impl Cluster {
             .await
             .expect("bind coordinator");
         let coordinator_addr = listener.local_addr().expect("coordinator address");
+        let http = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind coordinator HTTP");
+        let coordinator_http_addr = http.local_addr().expect("coordinator HTTP address");
         let mut cluster = Cluster {
             root,
             coordinator: None,
             coordinator_addr,
+            coordinator_http_addr,
             regions: BTreeMap::new(),
             conflicts,
             chunk_size: 64 * 1024,
             sync: SyncConfig::default(),
+            cache_budget: None,
         };
-        cluster.start_coordinator_on(listener).await;
+        cluster.start_coordinator_on(listener, http).await;
         for r in regions {
             cluster.start_region(r).await;
         }
@@ -136,10 +146,15 @@ impl Cluster {
         }
     }
 
-    async fn start_coordinator_on(&mut self, listener: TcpListener) {
-        let node = CoordinatorNode::start(&self.coordinator_dir(), self.settings(), listener)
-            .await
-            .expect("start coordinator");
+    async fn start_coordinator_on(&mut self, listener: TcpListener, http: TcpListener) {
+        let node = CoordinatorNode::start(
+            &self.coordinator_dir(),
+            self.settings(),
+            listener,
+            Some(http),
+        )
+        .await
+        .expect("start coordinator");
         self.coordinator = Some(node);
     }
 
@@ -152,7 +167,8 @@ impl Cluster {
             std::fs::remove_dir_all(self.coordinator_dir()).expect("wipe coordinator data");
         }
         let listener = bind_retrying(self.coordinator_addr).await;
-        self.start_coordinator_on(listener).await;
+        let http = bind_retrying(self.coordinator_http_addr).await;
+        self.start_coordinator_on(listener, http).await;
     }
 
     /// Stops the coordinator (regions keep running, queueing their writes).
@@ -176,6 +192,9 @@ impl Cluster {
         config.http_listen = Some("127.0.0.1:0".parse().expect("address"));
         config.conflicts = self.conflicts.clone();
         config.sync = self.sync.clone();
+        if let Some(budget) = self.cache_budget {
+            config.cache_budget = geosync_core::config::ByteSize(budget);
+        }
         config
     }
 
@@ -183,9 +202,13 @@ impl Cluster {
     pub async fn start_region(&mut self, name: &str) {
         let config = self.region_config(name);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind region");
+        let http = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind region HTTP");
         let mut settings = RegionSettings::new(config);
         settings.chunk_size = self.chunk_size;
-        let node = RegionNode::start(settings, listener)
+        settings.eviction_interval = Duration::from_millis(200);
+        let node = RegionNode::start(settings, listener, Some(http))
             .await
             .expect("start region");
         self.regions.insert(name.to_owned(), node);
@@ -200,6 +223,13 @@ impl Cluster {
 
     pub fn region(&self, name: &str) -> &RegionNode {
         &self.regions[name]
+    }
+
+    /// A running region's HTTP address.
+    pub fn region_http_addr(&self, name: &str) -> std::net::SocketAddr {
+        self.regions[name]
+            .http_addr()
+            .expect("the harness starts regions with HTTP")
     }
 
     pub fn ns(&self, name: &str) -> &Namespace {
@@ -267,5 +297,72 @@ async fn bind_retrying(addr: std::net::SocketAddr) -> TcpListener {
             }
             Err(e) => panic!("cannot rebind {addr}: {e}"),
         }
+    }
+}
+
+/// How long [`http_request`] waits for a whole answer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET path` on `addr` over HTTP/1.1: the status and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+/// A bodiless HTTP/1.1 request (one connection, `Connection: close`): the
+/// status and the body (de-chunked when the server chunked it). Panics on a
+/// transport failure or a malformed answer.
+pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} on {addr}: no answer within {HTTP_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no end of headers in {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: bad status line in {head:?}"));
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body).unwrap_or_else(|| panic!("{method} {path}: bad chunked body"))
+    } else {
+        body.to_vec()
+    };
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Decodes a chunked transfer-encoded body.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_field = std::str::from_utf8(&raw[..eol]).ok()?;
+        let size = usize::from_str_radix(size_field.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
     }
 }

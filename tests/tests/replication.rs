@@ -429,8 +429,9 @@ async fn concurrent_writes(conflicts: geosync_core::config::ConflictConfig) -> C
     put(&eu, NodeId::ROOT, "doc.txt", b"from eu");
     {
         let config = cluster.region_config("us");
-        let mut engine_config =
-            EngineConfig::new(geosync_core::namespace::NamespaceConfig::new(config.region.clone()));
+        let mut engine_config = EngineConfig::new(geosync_core::namespace::NamespaceConfig::new(
+            config.region.clone(),
+        ));
         engine_config.namespace.policy = config.conflicts.policy();
         engine_config.content.chunk_size = cluster.chunk_size;
         let offline = Engine::open(&config.data_dir, engine_config).expect("open offline region");
@@ -446,7 +447,9 @@ fn contents(cluster: &Cluster, region: &str) -> Vec<(String, Vec<u8>)> {
     let engine = cluster.region(region).engine();
     let mut out = Vec::new();
     for (path, view) in engine.namespace.tree().expect("tree") {
-        let Some(content) = view.meta.content else { continue };
+        let Some(content) = view.meta.content else {
+            continue;
+        };
         let mut buf = vec![0; content.size as usize];
         // Content written elsewhere may be cold here: read through a region that holds it.
         let n = cluster
@@ -454,7 +457,10 @@ fn contents(cluster: &Cluster, region: &str) -> Vec<(String, Vec<u8>)> {
             .values()
             .find_map(|r| r.engine().content.read_at(&content.id, 0, &mut buf).ok())
             .expect("some region holds the content");
-        out.push((String::from_utf8_lossy(&path).into_owned(), buf[..n].to_vec()));
+        out.push((
+            String::from_utf8_lossy(&path).into_owned(),
+            buf[..n].to_vec(),
+        ));
     }
     out
 }
@@ -464,34 +470,120 @@ async fn concurrent_writes_resolve_per_strategy() {
     use geosync_core::config::ConflictConfig;
     let eu = geosync_core::clock::RegionId::new("eu").expect("id");
     let cases: [(&str, ConflictConfig, &[u8], bool); 4] = [
-        ("lww", ConflictConfig { default: StrategyName::Lww, ..Default::default() }, b"from us", false),
-        ("fork", ConflictConfig { default: StrategyName::Fork, ..Default::default() }, b"from us", true),
-        ("merge", ConflictConfig { default: StrategyName::Merge, ..Default::default() }, b"from us", true),
+        (
+            "lww",
+            ConflictConfig {
+                default: StrategyName::Lww,
+                ..Default::default()
+            },
+            b"from us",
+            false,
+        ),
+        (
+            "fork",
+            ConflictConfig {
+                default: StrategyName::Fork,
+                ..Default::default()
+            },
+            b"from us",
+            true,
+        ),
+        (
+            "merge",
+            ConflictConfig {
+                default: StrategyName::Merge,
+                ..Default::default()
+            },
+            b"from us",
+            true,
+        ),
         (
             "primary-wins",
-            ConflictConfig { default: StrategyName::PrimaryWins, primary: Some(eu), rules: Vec::new() },
+            ConflictConfig {
+                default: StrategyName::PrimaryWins,
+                primary: Some(eu),
+                rules: Vec::new(),
+            },
             b"from eu",
             true,
         ),
     ];
     for (name, conflicts, winner, copy) in cases {
         let cluster = concurrent_writes(conflicts).await;
-        cluster.converged().await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        cluster
+            .converged()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let shown = contents(&cluster, "eu");
-        assert_eq!(shown, contents(&cluster, "us"), "{name}: both regions show the same");
-        let main = shown.iter().find(|(p, _)| p == "/doc.txt").expect("doc.txt");
+        assert_eq!(
+            shown,
+            contents(&cluster, "us"),
+            "{name}: both regions show the same"
+        );
+        let main = shown
+            .iter()
+            .find(|(p, _)| p == "/doc.txt")
+            .expect("doc.txt");
         assert_eq!(main.1, winner, "{name}: the winner keeps the name");
-        let copies: Vec<_> = shown.iter().filter(|(p, _)| p.starts_with("/doc.conflict-")).collect();
+        let copies: Vec<_> = shown
+            .iter()
+            .filter(|(p, _)| p.starts_with("/doc.conflict-"))
+            .collect();
         if copy {
             assert_eq!(copies.len(), 1, "{name}: {shown:?}");
-            let loser: &[u8] = if winner == b"from us" { b"from eu" } else { b"from us" };
-            assert_eq!(copies[0].1, loser, "{name}: the loser is kept as a conflict copy");
+            let loser: &[u8] = if winner == b"from us" {
+                b"from eu"
+            } else {
+                b"from us"
+            };
+            assert_eq!(
+                copies[0].1, loser,
+                "{name}: the loser is kept as a conflict copy"
+            );
         } else {
             assert!(copies.is_empty(), "{name}: {shown:?}");
         }
         for r in ["eu", "us"] {
-            assert!(cluster.ns(r).conflicts().expect("conflicts").is_empty(), "{name}: nothing left open");
+            assert!(
+                cluster.ns(r).conflicts().expect("conflicts").is_empty(),
+                "{name}: nothing left open"
+            );
         }
         cluster.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_content_is_evicted_under_the_budget_and_fetched_again() {
+    let mut cluster = Cluster::start(&["eu"], StrategyName::Lww).await;
+    cluster.sync = sync_config(geosync_core::config::SyncStrategy::OnDemand);
+    cluster.cache_budget = Some(128 * 1024);
+    cluster.start_region("us").await;
+    let data = big_file(1 << 20, 11);
+    let eu = cluster.region("eu").engine().clone();
+    let id = put(&eu, NodeId::ROOT, "big.bin", &data);
+    cluster.converged().await.expect("metadata everywhere");
+    assert_eq!(read_range(&cluster, "us", "/big.bin", 0, 0).await, data);
+    let us = cluster.region("us").engine().clone();
+    let evicted = wait_for(SETTLE, || async { us.content.usage_bytes() <= 128 * 1024 }).await;
+    assert!(
+        evicted,
+        "usage {} over the budget",
+        us.content.usage_bytes()
+    );
+    // The writer's own copy is the only one of its kind until someone holds it: never evicted.
+    let content = eu
+        .namespace
+        .get(id)
+        .expect("node")
+        .meta
+        .content
+        .expect("content");
+    assert!(eu.content.is_complete(&content.id).expect("presence"));
+    assert_eq!(
+        read_range(&cluster, "us", "/big.bin", 0, 0).await,
+        data,
+        "fetched again, verified"
+    );
+    cluster.shutdown().await;
 }

@@ -22,6 +22,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -143,6 +144,20 @@ pub struct Welcome {
     pub resync: bool,
 }
 
+/// What the coordinator counted since it started (for `/metrics`; not
+/// persisted, so the counters restart from zero with the process, as
+/// Prometheus counters may).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Events logged, by origin region and op (`create`, `update`, ...).
+    pub events: BTreeMap<(String, &'static str), u64>,
+    /// Pushed events that met a conflict (resolved or left open), by pushing
+    /// region and the strategy name of the node's path.
+    pub conflicts: BTreeMap<(String, &'static str), u64>,
+    /// Pushed events rejected, by pushing region.
+    pub rejected: BTreeMap<String, u64>,
+}
+
 /// The coordinator (see the module docs).
 pub struct Coordinator {
     engine: Engine,
@@ -153,6 +168,8 @@ pub struct Coordinator {
     /// Serializes pushes and operator changes so the log order is the order
     /// in which the coordinator's namespace saw the events.
     order: Mutex<()>,
+    /// Counted outcomes of pushes and logged events (see [`Counters`]).
+    counters: Mutex<Counters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,6 +231,7 @@ impl Coordinator {
             settings,
             leader,
             order: Mutex::new(()),
+            counters: Mutex::new(Counters::default()),
         };
         // Operator resolutions committed before a crash but not yet logged.
         coordinator.log_own_changes()?;
@@ -312,6 +330,11 @@ impl Coordinator {
             }
         }
         let _order = lock(&self.order);
+        // What each event is, for the counters once the outcomes are known.
+        let kinds: Vec<(String, &'static str, NodeId)> = events
+            .iter()
+            .map(|e| (e.origin.to_string(), e.op.as_str(), e.node))
+            .collect();
         // Events claiming another origin are refused before anything else;
         // `None` marks the slots the batch answers.
         let mut out: Vec<Option<PushOutcome>> = Vec::with_capacity(events.len());
@@ -372,7 +395,7 @@ impl Coordinator {
                 reason: e.to_string(),
             },
         });
-        Ok(out
+        let outcomes: Vec<PushOutcome> = out
             .into_iter()
             .map(|slot| {
                 slot.or_else(|| applied.next())
@@ -380,7 +403,58 @@ impl Coordinator {
                         reason: "no outcome".into(),
                     })
             })
-            .collect())
+            .collect();
+        self.count_push(region, &kinds, &outcomes);
+        Ok(outcomes)
+    }
+
+    /// Counts a push's outcomes (see [`Counters`]).
+    fn count_push(
+        &self,
+        region: &RegionId,
+        kinds: &[(String, &'static str, NodeId)],
+        outcomes: &[PushOutcome],
+    ) {
+        let policy = &self.settings.policy;
+        // The strategy of each conflict's path, looked up before taking the lock.
+        let strategies: Vec<Option<&'static str>> = kinds
+            .iter()
+            .zip(outcomes)
+            .map(|((_, _, node), outcome)| match outcome {
+                PushOutcome::ConflictResolved { .. } | PushOutcome::ConflictOpen { .. } => {
+                    Some(if policy.rules.is_empty() {
+                        policy.default.name()
+                    } else {
+                        let path = self.engine.namespace.path_of(*node).unwrap_or_default();
+                        policy.strategy_for(&path).name()
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let mut counters = lock(&self.counters);
+        for (((origin, op, _), outcome), strategy) in kinds.iter().zip(outcomes).zip(strategies) {
+            match outcome {
+                PushOutcome::Duplicate => continue,
+                PushOutcome::Rejected { .. } => {
+                    *counters.rejected.entry(region.to_string()).or_default() += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            *counters.events.entry((origin.clone(), *op)).or_default() += 1;
+            if let Some(strategy) = strategy {
+                *counters
+                    .conflicts
+                    .entry((region.to_string(), strategy))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// A snapshot of what the coordinator counted since it started.
+    pub fn counters(&self) -> Counters {
+        lock(&self.counters).clone()
     }
 
     /// Up to `limit` logged events after `after_seq`.
@@ -540,7 +614,16 @@ impl Coordinator {
             .iter()
             .map(|i| ChangeEvent::decode(&i.payload))
             .collect::<Result<Vec<_>>>()?;
+        let kinds: Vec<(String, &'static str)> = events
+            .iter()
+            .map(|e| (e.origin.to_string(), e.op.as_str()))
+            .collect();
         self.log.append_batch(events, clock::system_ms())?;
+        let mut counters = lock(&self.counters);
+        for kind in kinds {
+            *counters.events.entry(kind).or_default() += 1;
+        }
+        drop(counters);
         let ids: Vec<_> = items.iter().map(|i| i.id).collect();
         queue.ack(&ids)?;
         Ok(self.head())

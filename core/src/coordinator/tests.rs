@@ -62,6 +62,14 @@ fn push_logs_new_events_once_and_refuses_strangers() {
     let logged = c.events_after(0, 10).unwrap();
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0].seq, Some(1));
+    // Counted for `/metrics`: the logged event once, the spoofed one as a failure of us.
+    let counters = c.counters();
+    assert_eq!(
+        counters.events,
+        BTreeMap::from([(("eu".to_string(), "create"), 1)])
+    );
+    assert_eq!(counters.rejected, BTreeMap::from([("us".to_string(), 1)]));
+    assert!(counters.conflicts.is_empty());
 }
 
 #[test]
@@ -105,6 +113,16 @@ fn conflicts_are_logged_and_resolved_by_the_operator() {
         .unwrap();
     assert_eq!(head, 4, "the resolution is logged like any change");
     assert!(c.conflicts().unwrap().is_empty());
+    // Counted for `/metrics`: the conflict under the pusher and the path's
+    // strategy; every logged event (the operator's included) once.
+    let counters = c.counters();
+    assert_eq!(
+        counters.conflicts,
+        BTreeMap::from([(("us".to_string(), "manual"), 1)])
+    );
+    assert_eq!(counters.events.values().sum::<u64>(), head);
+    assert_eq!(counters.events[&("us".to_string(), "update")], 1);
+    assert!(counters.events.keys().any(|(r, _)| r == COORDINATOR_REGION));
     // A region that applies the log converges on the operator's choice.
     for ev in c.events_after(0, 100).unwrap() {
         eu.namespace.apply_remote(&ev).unwrap();

@@ -592,8 +592,11 @@ impl Inner {
                 Ok(manifest) => {
                     let content = self.content.clone();
                     let registered = manifest.clone();
+                    // Another region holds it whole: the local copy may be
+                    // evicted under the cache budget without losing anything.
                     join(tokio::task::spawn_blocking(move || {
-                        content.register_remote(&registered)
+                        content.register_remote(&registered)?;
+                        content.set_replicated(&registered.id(), true)
                     }))
                     .await?;
                     tracing::debug!(id = %id.short(), %region, "registered a remote manifest");

@@ -66,6 +66,9 @@ const REPUSH_PAGE: usize = 256;
 /// Content transfers a region runs at once for eager/lazy replication.
 const CONTENT_TRANSFERS: usize = 4;
 
+/// How often the content cache is brought back under its budget.
+const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Backoff between reconnection attempts.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -79,6 +82,8 @@ pub struct RegionSettings {
     pub config: RegionConfig,
     /// Content chunk size (cluster-wide; part of content ids).
     pub chunk_size: u32,
+    /// How often cached content is evicted down to the budget.
+    pub eviction_interval: Duration,
 }
 
 impl RegionSettings {
@@ -86,6 +91,7 @@ impl RegionSettings {
         RegionSettings {
             config,
             chunk_size: crate::store::content::DEFAULT_CHUNK_SIZE,
+            eviction_interval: EVICTION_INTERVAL,
         }
     }
 }
@@ -165,6 +171,7 @@ pub struct RegionNode {
     engine: Arc<Engine>,
     region: RegionId,
     grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     status: Arc<RegionStatus>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -172,12 +179,25 @@ pub struct RegionNode {
 
 impl RegionNode {
     /// Opens the region's state and starts its server and loops. The gRPC
-    /// server (chunks and files) serves on `listener`.
-    pub async fn start(settings: RegionSettings, listener: TcpListener) -> Result<RegionNode> {
-        let config = settings.config.clone();
+    /// server (chunks and files) serves on `listener`, HTTP ([`crate::http`])
+    /// on `http` when given (and the region registers that address).
+    pub async fn start(
+        settings: RegionSettings,
+        listener: TcpListener,
+        http: Option<TcpListener>,
+    ) -> Result<RegionNode> {
+        let mut config = settings.config.clone();
         let grpc_addr = listener
             .local_addr()
             .map_err(|e| Error::io("local address", "listener", e))?;
+        let http_addr = http
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|e| Error::io("local address", "HTTP listener", e))?;
+        if http_addr.is_some() {
+            config.http_listen = http_addr;
+        }
         let mut ns = NamespaceConfig::new(config.region.clone());
         ns.policy = config.conflicts.policy();
         ns.max_drift = Duration::from_millis(config.max_clock_drift_ms);
@@ -227,6 +247,18 @@ impl RegionNode {
                 tracing::error!(error = %e, "region gRPC server failed");
             }
         }));
+        if let Some(listener) = http {
+            let state = crate::http::RegionHttp {
+                engine: engine.clone(),
+                region: config.region.clone(),
+                status: status.clone(),
+            };
+            tasks.push(tokio::spawn(crate::http::serve_region(
+                state,
+                listener,
+                shutdown.clone(),
+            )));
+        }
 
         let (welcome_tx, welcome_rx) = watch::channel(None::<Welcome>);
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
@@ -239,18 +271,21 @@ impl RegionNode {
             status: status.clone(),
             shutdown: shutdown.clone(),
             fetch_tx,
+            eviction_interval: settings.eviction_interval,
         };
         tasks.push(tokio::spawn(
             runtime.clone().content_loop(fetch_rx, chunk_source.clone()),
         ));
+        tasks.push(tokio::spawn(runtime.clone().eviction_loop()));
         tasks.push(tokio::spawn(runtime.clone().heartbeat_loop(welcome_tx)));
         tasks.push(tokio::spawn(runtime.clone().sync_loop(welcome_rx.clone())));
         tasks.push(tokio::spawn(runtime.push_loop()));
-        tracing::info!(region = %config.region, %grpc_addr, "region started");
+        tracing::info!(region = %config.region, %grpc_addr, ?http_addr, "region started");
         Ok(RegionNode {
             engine,
             region: config.region,
             grpc_addr,
+            http_addr,
             status,
             shutdown,
             tasks,
@@ -267,6 +302,16 @@ impl RegionNode {
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Where HTTP is served, when it is.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The coordinator log epoch this region follows (see [`followed_epoch`]).
+    pub fn followed_epoch(&self) -> Result<Option<String>> {
+        followed_epoch(&self.engine)
     }
 
     pub fn status(&self) -> &Arc<RegionStatus> {
@@ -300,6 +345,12 @@ struct Welcome {
     paused: bool,
 }
 
+/// The coordinator log epoch a region's applied sequence belongs to, as stored
+/// with it; `None` before the region first synced. Reads the store (blocking).
+pub fn followed_epoch(engine: &Engine) -> Result<Option<String>> {
+    Ok(kv_get(&engine.db, KV_EPOCH)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
 fn read_u64(engine: &Engine, key: &str) -> Result<u64> {
     Ok(kv_get(&engine.db, key)?
         .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
@@ -318,6 +369,7 @@ struct Runtime {
     shutdown: CancellationToken,
     /// Content to replicate in the background (eager first, then lazy).
     fetch_tx: mpsc::UnboundedSender<(SyncStrategy, ContentRef)>,
+    eviction_interval: Duration,
 }
 
 impl Runtime {
@@ -761,6 +813,26 @@ impl Runtime {
                     },
                 }
             });
+        }
+    }
+
+    /// Keeps cached content under the budget: evicts, least recently used
+    /// first, content that another region holds and nothing pins or reads.
+    async fn eviction_loop(self) {
+        loop {
+            if !self.pause(self.eviction_interval).await {
+                return;
+            }
+            match self.blocking(|e| e.content.evict_to_budget()).await {
+                Ok(report) if !report.evicted.is_empty() => tracing::info!(
+                    evicted = report.evicted.len(),
+                    freed = report.freed_bytes,
+                    usage = report.usage_bytes,
+                    "evicted cached content"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "eviction failed"),
+            }
         }
     }
 
