@@ -58,6 +58,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a peer may take to answer a request, or to send the next message of a stream.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Peer channels kept, and how long an unused one stays.
+const MAX_PEERS: u64 = 256;
+const PEER_CHANNEL_IDLE: Duration = Duration::from_secs(600);
+
+/// Content locations remembered, and for how long (new holders appear as
+/// regions replicate, so the answer goes stale).
+const MAX_CACHED_LOCATIONS: u64 = 10_000;
+const LOCATIONS_TTL: Duration = Duration::from_secs(10);
+
 /// Chunk pieces a `FetchChunks` stream may have in flight before its producer waits.
 const STREAM_BUFFER: usize = 4;
 
@@ -338,8 +347,11 @@ struct Inner {
     content: Arc<ContentStore>,
     me: RegionId,
     locator: Arc<dyn Locator>,
-    /// One lazily connected channel per peer endpoint.
-    peers: Mutex<HashMap<String, Channel>>,
+    /// One lazily connected channel per peer endpoint, dropped when idle.
+    peers: moka::sync::Cache<String, Channel>,
+    /// Who holds a content version, as the coordinator said a moment ago:
+    /// a sequential read asks once, not once per piece.
+    holders: moka::sync::Cache<ContentId, Arc<Vec<(RegionId, String)>>>,
     read_ahead_chunks: AtomicU32,
     reads: Mutex<HashMap<ContentId, ReadState>>,
     fetching: FetchLocks,
@@ -369,7 +381,14 @@ impl RemoteChunks {
                 content,
                 me,
                 locator,
-                peers: Mutex::new(HashMap::new()),
+                peers: moka::sync::Cache::builder()
+                    .max_capacity(MAX_PEERS)
+                    .time_to_idle(PEER_CHANNEL_IDLE)
+                    .build(),
+                holders: moka::sync::Cache::builder()
+                    .max_capacity(MAX_CACHED_LOCATIONS)
+                    .time_to_live(LOCATIONS_TTL)
+                    .build(),
                 read_ahead_chunks: AtomicU32::new(DEFAULT_READ_AHEAD_CHUNKS),
                 reads: Mutex::new(HashMap::new()),
                 fetching: Mutex::new(HashMap::new()),
@@ -472,22 +491,25 @@ impl Inner {
 
     /// The regions to ask for `id`: the locator's, without this one.
     async fn holders(&self, id: ContentId) -> Result<Vec<(RegionId, String)>> {
+        if let Some(holders) = self.holders.get(&id) {
+            return Ok(holders.as_ref().clone());
+        }
         let mut holders = self.locator.locate(id).await?;
         holders.retain(|(region, _)| *region != self.me);
+        if !holders.is_empty() {
+            self.holders.insert(id, Arc::new(holders.clone()));
+        }
         Ok(holders)
     }
 
     fn channel(&self, url: &str) -> Result<Channel, String> {
-        let mut peers = lock(&self.peers);
-        if let Some(channel) = peers.get(url) {
-            return Ok(channel.clone());
-        }
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("invalid endpoint {url:?}: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect_lazy();
-        peers.insert(url.to_owned(), channel.clone());
-        Ok(channel)
+        self.peers
+            .try_get_with(url.to_owned(), || {
+                Endpoint::from_shared(url.to_owned())
+                    .map(|e| e.connect_timeout(CONNECT_TIMEOUT).connect_lazy())
+                    .map_err(|e| format!("invalid endpoint {url:?}: {e}"))
+            })
+            .map_err(|e| e.as_ref().clone())
     }
 
     fn client(&self, url: &str) -> Result<ChunksClient<Channel>, String> {
