@@ -109,6 +109,8 @@ pub struct RegionStatus {
     pub events_applied: AtomicU64,
     /// Pushes that failed.
     pub push_failures: AtomicU64,
+    /// Full resyncs from a snapshot done since start.
+    pub resyncs: AtomicU64,
 }
 
 /// The coordinators to talk to, in failover order.
@@ -718,7 +720,9 @@ impl Runtime {
                 .await?;
         }
         self.repush_state().await?;
-        self.store_position(epoch, head).await
+        self.store_position(epoch, head).await?;
+        self.status.resyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Pushes every local node's versions (the coordinator drops what it has).
