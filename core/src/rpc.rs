@@ -51,3 +51,36 @@ impl From<Error> for Status {
         Status::new(code, e.to_string())
     }
 }
+
+/// HTTP/2 flow-control windows: a whole default chunk (4 MiB) may be in flight
+/// on one stream, so a sender never stalls in the middle of a chunk.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// Larger frames: fewer per chunk (HTTP/2 allows up to 16 MiB - 1).
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
+/// A gRPC server configured for geosync's traffic.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+}
+
+/// The connections accepted on `listener`, with Nagle's algorithm off: small
+/// replies (a push outcome, an ack) must not wait for a delayed ACK. (The
+/// server builder's own `tcp_nodelay` does not reach sockets accepted from a
+/// listener handed in.)
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// An endpoint to another geosync process, configured like [`server`].
+pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES))
+}

@@ -159,7 +159,7 @@ impl AdminService {
                 }
             })
             .await?;
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        let channel = crate::rpc::endpoint(&endpoint)
             .map_err(|e| Status::internal(format!("region {id} endpoint {endpoint}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .connect()

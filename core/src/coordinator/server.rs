@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
@@ -49,14 +48,14 @@ impl CoordinatorNode {
             .map_err(|e| Error::Unreachable(format!("opening the coordinator: {e}")))??;
         let coordinator = Arc::new(coordinator);
         let shutdown = CancellationToken::new();
-        let server = tonic::transport::Server::builder()
+        let server = crate::rpc::server()
             .add_service(
                 CoordinatorService::new(coordinator.clone(), shutdown.clone()).into_server(),
             )
             .add_service(AdminService::new(coordinator.clone(), shutdown.clone()).into_server());
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = crate::rpc::incoming(listener);
             if let Err(e) = server
                 .serve_with_incoming_shutdown(incoming, stop.cancelled())
                 .await

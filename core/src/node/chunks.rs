@@ -36,7 +36,7 @@ use prost::bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::clock::RegionId;
@@ -505,7 +505,7 @@ impl Inner {
     fn channel(&self, url: &str) -> Result<Channel, String> {
         self.peers
             .try_get_with(url.to_owned(), || {
-                Endpoint::from_shared(url.to_owned())
+                crate::rpc::endpoint(url)
                     .map(|e| e.connect_timeout(CONNECT_TIMEOUT).connect_lazy())
                     .map_err(|e| format!("invalid endpoint {url:?}: {e}"))
             })

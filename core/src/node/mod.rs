@@ -33,10 +33,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::clock::{self, RegionId};
 use crate::config::{RegionConfig, SyncStrategy};
@@ -124,7 +123,7 @@ impl Coordinators {
     fn new(urls: &[String]) -> Result<Coordinators> {
         let mut channels = Vec::with_capacity(urls.len());
         for url in urls {
-            let endpoint = Endpoint::from_shared(url.clone())
+            let endpoint = crate::rpc::endpoint(url)
                 .map_err(|e| Error::Unreachable(format!("coordinator URL {url}: {e}")))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true);
@@ -233,7 +232,7 @@ impl RegionNode {
         let mut tasks = Vec::new();
 
         // The region's own gRPC server: chunks for other regions, files for clients.
-        let server = tonic::transport::Server::builder()
+        let server = crate::rpc::server()
             .add_service(
                 admin::RegionAdmin::new(engine.clone(), config.region.clone()).into_server(),
             )
@@ -241,7 +240,7 @@ impl RegionNode {
             .add_service(FilesService::new(engine.clone(), chunk_source.clone()).into_server());
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = crate::rpc::incoming(listener);
             if let Err(e) = server
                 .serve_with_incoming_shutdown(incoming, stop.cancelled())
                 .await
