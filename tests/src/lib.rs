@@ -15,8 +15,10 @@ use geosync_core::config::{ConflictConfig, RegionConfig, StrategyName, SyncConfi
 use geosync_core::coordinator::CoordinatorSettings;
 use geosync_core::coordinator::registry::HealthPolicy;
 use geosync_core::coordinator::server::CoordinatorNode;
-use geosync_core::namespace::{Namespace, NodeView};
+use geosync_core::model::NodeId;
+use geosync_core::namespace::{Namespace, NamespaceConfig, NewNode, NodeView};
 use geosync_core::node::{RegionNode, RegionSettings};
+use geosync_core::{Engine, EngineConfig};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -74,6 +76,22 @@ pub fn tree(ns: &Namespace) -> Tree {
             )
         })
         .collect()
+}
+
+/// Writes a file (creating it if needed) through a namespace, like the FUSE layer will.
+pub fn put(engine: &Engine, parent: NodeId, name: &str, data: &[u8]) -> NodeId {
+    let content = engine.content.put_bytes(data).expect("put bytes");
+    let ns = &engine.namespace;
+    let id = match ns.lookup(parent, name.as_bytes()) {
+        Ok(v) => v.id,
+        Err(_) => {
+            ns.create(parent, name.as_bytes(), NewNode::file(0o644))
+                .expect("create")
+                .id
+        }
+    };
+    ns.write_content(id, content, 1).expect("write");
+    id
 }
 
 /// A coordinator and regions on loopback, each in a temporary directory.
@@ -212,6 +230,21 @@ impl Cluster {
             .await
             .expect("start region");
         self.regions.insert(name.to_owned(), node);
+    }
+
+    /// Opens a stopped region's state directly and runs `f` on it: a region
+    /// that keeps working while cut off (its changes wait in its own queue).
+    pub fn offline<T>(&self, name: &str, f: impl FnOnce(&Engine) -> T) -> T {
+        assert!(!self.regions.contains_key(name), "region {name} is running");
+        let config = self.region_config(name);
+        let mut ns = NamespaceConfig::new(config.region.clone());
+        ns.policy = config.conflicts.policy();
+        let mut engine_config = EngineConfig::new(ns);
+        engine_config.content.chunk_size = self.chunk_size;
+        let engine = Engine::open(&config.data_dir, engine_config).expect("open offline region");
+        let out = f(&engine);
+        engine.namespace.sync().expect("sync offline region");
+        out
     }
 
     /// Stops a region (its data stays for a restart).

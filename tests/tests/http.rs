@@ -6,28 +6,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use geosync_core::Engine;
 use geosync_core::config::StrategyName;
 use geosync_core::model::NodeId;
 use geosync_core::namespace::NewNode;
-use geosync_tests::{Cluster, SETTLE, http_get, http_request, wait_for};
+use geosync_tests::{Cluster, SETTLE, http_get, http_request, put, wait_for};
 use serde_json::{Value, json};
-
-/// Writes a file (creating it if needed) through a namespace, like the FUSE layer will.
-fn put(engine: &Engine, parent: NodeId, name: &str, data: &[u8]) -> NodeId {
-    let content = engine.content.put_bytes(data).expect("put bytes");
-    let ns = &engine.namespace;
-    let id = match ns.lookup(parent, name.as_bytes()) {
-        Ok(v) => v.id,
-        Err(_) => {
-            ns.create(parent, name.as_bytes(), NewNode::file(0o644))
-                .expect("create")
-                .id
-        }
-    };
-    ns.write_content(id, content, 1).expect("write");
-    id
-}
 
 /// The value of the sample written exactly as `series` (`name{labels}`).
 fn sample(text: &str, series: &str) -> Option<f64> {

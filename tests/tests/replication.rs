@@ -3,28 +3,12 @@
 
 use std::sync::atomic::Ordering;
 
+use geosync_core::Engine;
 use geosync_core::config::StrategyName;
 use geosync_core::model::NodeId;
 use geosync_core::namespace::{NewNode, RenameMode};
-use geosync_core::{Engine, EngineConfig};
 use geosync_proto::v1;
-use geosync_tests::{Cluster, SETTLE, tree, wait_for};
-
-/// Writes a file (creating it if needed) through a namespace, like the FUSE layer will.
-fn put(engine: &Engine, parent: NodeId, name: &str, data: &[u8]) -> NodeId {
-    let content = engine.content.put_bytes(data).expect("put bytes");
-    let ns = &engine.namespace;
-    let id = match ns.lookup(parent, name.as_bytes()) {
-        Ok(v) => v.id,
-        Err(_) => {
-            ns.create(parent, name.as_bytes(), NewNode::file(0o644))
-                .expect("create")
-                .id
-        }
-    };
-    ns.write_content(id, content, 1).expect("write");
-    id
-}
+use geosync_tests::{Cluster, SETTLE, put, tree, wait_for};
 
 fn mkdir(engine: &Engine, parent: NodeId, name: &str) -> NodeId {
     engine
@@ -98,17 +82,10 @@ async fn an_offline_region_catches_up_and_pushes_its_offline_writes() {
 
     cluster.stop_region("us").await;
     put(&eu, NodeId::ROOT, "while-away.txt", b"2");
-    {
-        // The offline region keeps working locally (its own queue).
-        let config = cluster.region_config("us");
-        let mut engine_config = EngineConfig::new(geosync_core::namespace::NamespaceConfig::new(
-            config.region.clone(),
-        ));
-        engine_config.content.chunk_size = cluster.chunk_size;
-        let offline = Engine::open(&config.data_dir, engine_config).expect("open offline region");
-        put(&offline, NodeId::ROOT, "offline.txt", b"3");
-        offline.namespace.sync().expect("sync");
-    }
+    // The offline region keeps working locally (its own queue).
+    cluster.offline("us", |offline| {
+        put(offline, NodeId::ROOT, "offline.txt", b"3")
+    });
     cluster.start_region("us").await;
     let t = cluster.converged().await.expect("catch up");
     let paths: Vec<String> = t
@@ -219,17 +196,9 @@ async fn a_manual_conflict_waits_for_the_operator_and_converges_on_the_choice() 
 
     cluster.stop_region("us").await;
     put(&eu, NodeId::ROOT, "doc.txt", b"from eu");
-    {
-        let config = cluster.region_config("us");
-        let mut engine_config = EngineConfig::new(geosync_core::namespace::NamespaceConfig::new(
-            config.region.clone(),
-        ));
-        engine_config.namespace.policy = config.conflicts.policy();
-        engine_config.content.chunk_size = cluster.chunk_size;
-        let offline = Engine::open(&config.data_dir, engine_config).expect("open offline region");
-        put(&offline, NodeId::ROOT, "doc.txt", b"from us");
-        offline.namespace.sync().expect("sync");
-    }
+    cluster.offline("us", |offline| {
+        put(offline, NodeId::ROOT, "doc.txt", b"from us")
+    });
     cluster.start_region("us").await;
     cluster.converged().await.expect("both versions everywhere");
 
@@ -427,17 +396,9 @@ async fn concurrent_writes(conflicts: geosync_core::config::ConflictConfig) -> C
     cluster.converged().await.expect("first sync");
     cluster.stop_region("us").await;
     put(&eu, NodeId::ROOT, "doc.txt", b"from eu");
-    {
-        let config = cluster.region_config("us");
-        let mut engine_config = EngineConfig::new(geosync_core::namespace::NamespaceConfig::new(
-            config.region.clone(),
-        ));
-        engine_config.namespace.policy = config.conflicts.policy();
-        engine_config.content.chunk_size = cluster.chunk_size;
-        let offline = Engine::open(&config.data_dir, engine_config).expect("open offline region");
-        put(&offline, NodeId::ROOT, "doc.txt", b"from us");
-        offline.namespace.sync().expect("sync");
-    }
+    cluster.offline("us", |offline| {
+        put(offline, NodeId::ROOT, "doc.txt", b"from us")
+    });
     cluster.start_region("us").await;
     cluster
 }
