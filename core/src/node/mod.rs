@@ -110,6 +110,9 @@ pub struct RegionStatus {
     pub push_failures: AtomicU64,
     /// Full resyncs from a snapshot done since start.
     pub resyncs: AtomicU64,
+    /// An operator paused this region: pushes wait (so queued changes do not
+    /// spend their attempts and turn into dead letters) until it is resumed.
+    pub paused: AtomicBool,
 }
 
 /// The coordinators to talk to, in failover order.
@@ -456,6 +459,7 @@ impl Runtime {
                 match reply {
                     Ok(r) => {
                         let r = r.into_inner();
+                        self.status.paused.store(r.paused, Ordering::SeqCst);
                         let welcome = Welcome {
                             epoch: r.epoch,
                             resync: r.resync,
@@ -846,7 +850,9 @@ impl Runtime {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            if !self.status.ready.load(Ordering::SeqCst) {
+            if !self.status.ready.load(Ordering::SeqCst)
+                || self.status.paused.load(Ordering::SeqCst)
+            {
                 if !self.pause(Duration::from_millis(20)).await {
                     return;
                 }
@@ -947,6 +953,10 @@ impl Runtime {
                 tracing::warn!(region = %self.region, error = %status.message(), "push failed");
                 if unreachable(&status) {
                     self.coordinators.failover();
+                }
+                if status.code() == Code::FailedPrecondition {
+                    // Paused by an operator: wait for the heartbeat to say resumed.
+                    self.status.paused.store(true, Ordering::SeqCst);
                 }
                 let why = status.message().to_owned();
                 let _ = self
