@@ -462,8 +462,10 @@ impl ChangeLog {
     }
 
     /// Raises the published head to `seq` (heads published by concurrent appends may arrive out
-    /// of order: the highest wins) and wakes the receivers if it grew.
-    fn publish(&self, seq: u64) {
+    /// of order: the highest wins) and wakes the receivers if it grew. After an
+    /// [`append_batch_in`](Self::append_batch_in), call it once the caller's commit is durable:
+    /// what is published is what subscribers may read.
+    pub fn publish(&self, seq: u64) {
         self.head.send_if_modified(|head| {
             if seq > *head {
                 *head = seq;

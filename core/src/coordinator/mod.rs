@@ -329,7 +329,7 @@ impl Coordinator {
                 return Err(Error::RegionPaused(region.to_string()));
             }
         }
-        let _order = lock(&self.order);
+        let order = lock(&self.order);
         // What each event is, for the counters once the outcomes are known.
         let kinds: Vec<(String, &'static str, NodeId)> = events
             .iter()
@@ -373,9 +373,15 @@ impl Coordinator {
                     drop(locations);
                     self.log.append_batch_in(txn, accepted, now_ms)
                 })?;
-        // Acknowledged pushes must survive a crash: flush before answering.
+        // The order is fixed once applied and appended: the next push may go
+        // on while this one flushes (concurrent flushes are shared).
+        drop(order);
+        // Acknowledged pushes must survive a crash, and subscribers only ever
+        // see durable events: flush, then publish.
         self.engine.namespace.sync()?;
-        self.log.notify_appended()?;
+        if let Some(&last) = seqs.iter().max() {
+            self.log.publish(last);
+        }
         let mut seqs = seqs.into_iter();
         let mut applied = applied.into_iter().map(|outcome| match outcome {
             Ok(ApplyOutcome::Duplicate) => PushOutcome::Duplicate,
@@ -458,8 +464,13 @@ impl Coordinator {
     }
 
     /// Up to `limit` logged events after `after_seq`.
+    /// Stops at the published head: events appended but not yet durable are
+    /// not shown to regions (a crash could still take them back).
     pub fn events_after(&self, after_seq: u64, limit: usize) -> Result<Vec<ChangeEvent>> {
-        self.log.read_from(after_seq, limit)
+        let head = self.log.head();
+        let mut events = self.log.read_from(after_seq, limit)?;
+        events.retain(|e| e.seq.is_some_and(|seq| seq <= head));
+        Ok(events)
     }
 
     /// A region applied everything up to `seq`.
