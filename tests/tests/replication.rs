@@ -189,18 +189,18 @@ async fn a_lost_event_is_detected_as_a_gap_and_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manual_conflict_waits_for_the_operator_and_converges_on_the_choice() {
-    let mut cluster = Cluster::start(&["eu", "us"], StrategyName::Manual).await;
-    let eu = cluster.region("eu").engine().clone();
-    let f = put(&eu, NodeId::ROOT, "doc.txt", b"base");
-    cluster.converged().await.expect("first sync");
-
-    cluster.stop_region("us").await;
-    put(&eu, NodeId::ROOT, "doc.txt", b"from eu");
-    cluster.offline("us", |offline| {
-        put(offline, NodeId::ROOT, "doc.txt", b"from us")
-    });
-    cluster.start_region("us").await;
+    let manual = geosync_core::config::ConflictConfig {
+        default: StrategyName::Manual,
+        ..Default::default()
+    };
+    let cluster = concurrent_writes(manual).await;
     cluster.converged().await.expect("both versions everywhere");
+    let eu = cluster.region("eu").engine().clone();
+    let f = eu
+        .namespace
+        .lookup(NodeId::ROOT, b"doc.txt")
+        .expect("doc.txt")
+        .id;
 
     // The operator sees the conflict through the admin API and keeps us's version.
     let url = format!("http://{}", cluster.coordinator_addr);
