@@ -506,7 +506,6 @@ impl Namespace {
     /// The path of a listed node from the root, `/`-separated (`/` for the root).
     pub fn path_of(&self, id: NodeId) -> Result<Vec<u8>> {
         let txn = self.db.begin_read()?;
-        let nodes = txn.open_table(tree::NODES)?;
         let mut parts: Vec<Vec<u8>> = Vec::new();
         let mut at = id;
         while at != NodeId::ROOT {
@@ -517,7 +516,6 @@ impl Namespace {
             parts.push(view.meta.name.as_bytes().to_vec());
             at = view.meta.parent;
         }
-        drop(nodes);
         Ok(join_path(parts))
     }
 
@@ -860,24 +858,10 @@ impl Namespace {
 
     /// Applies a change event from another region (see the module docs).
     pub fn apply_remote(&self, event: &ChangeEvent) -> Result<ApplyOutcome> {
-        validate_remote(event)?;
-        if let Err(drift) = self.hlc.update(event.stamp()) {
-            // The event is still applied (refusing it would stall convergence
-            // forever); only our clock refuses to follow it into the future.
-            tracing::warn!(%drift, node = %event.node, "remote stamp too far ahead");
-        }
-        let (outcome, notes) = self.group.run(&self.db, |txn| {
-            let mut t = Tables::open(txn, clock::system_ms()).map_err(|e| (e, false))?;
-            match integrate(&mut t, &self.policy, event.node, event.version.clone()) {
-                Ok(outcome) => t
-                    .finish()
-                    .map(|notes| (outcome, notes))
-                    .map_err(|e| (e, true)),
-                Err(e) => Err((e, t.mutated())),
-            }
-        })?;
-        self.publish(notes);
-        Ok(outcome)
+        let mut outcomes = self.apply_remote_batch(std::slice::from_ref(event))?;
+        outcomes
+            .pop()
+            .ok_or_else(|| Error::GroupCommit("no outcome for the applied event".into()))?
     }
 
     /// Applies a batch of remote events in one transaction (one commit). An
@@ -898,6 +882,8 @@ impl Namespace {
     ) -> Result<(Vec<Result<ApplyOutcome>>, T)> {
         let checked: Vec<Result<()>> = events.iter().map(validate_remote).collect();
         for (event, _) in events.iter().zip(&checked).filter(|(_, c)| c.is_ok()) {
+            // A stamp too far ahead is still applied (refusing it would stall
+            // convergence forever); only our clock refuses to follow it.
             if let Err(drift) = self.hlc.update(event.stamp()) {
                 tracing::warn!(%drift, node = %event.node, "remote stamp too far ahead");
             }

@@ -346,13 +346,20 @@ impl Drop for RegionNode {
 struct Welcome {
     epoch: String,
     resync: bool,
-    paused: bool,
 }
 
 /// The coordinator log epoch a region's applied sequence belongs to, as stored
 /// with it; `None` before the region first synced. Reads the store (blocking).
 pub fn followed_epoch(engine: &Engine) -> Result<Option<String>> {
     Ok(kv_get(&engine.db, KV_EPOCH)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Records, inside `txn`, the log (epoch) and the sequence applied from it.
+fn write_position(txn: &redb::WriteTransaction, epoch: &str, applied: u64) -> Result<()> {
+    let mut kv = txn.open_table(KV)?;
+    kv.insert(KV_APPLIED, applied.to_be_bytes().as_slice())?;
+    kv.insert(KV_EPOCH, epoch.as_bytes())?;
+    Ok(())
 }
 
 fn read_u64(engine: &Engine, key: &str) -> Result<u64> {
@@ -435,7 +442,6 @@ impl Runtime {
             welcome_tx.send_replace(Some(Welcome {
                 epoch,
                 resync: false,
-                paused: false,
             }));
             loop {
                 let stats = match self.blocking(|e| e.queue.stats(clock::system_ms())).await {
@@ -463,7 +469,6 @@ impl Runtime {
                         let welcome = Welcome {
                             epoch: r.epoch,
                             resync: r.resync,
-                            paused: r.paused,
                         };
                         welcome_tx.send_if_modified(|w| {
                             let changed = w.as_ref() != Some(&welcome);
@@ -634,12 +639,9 @@ impl Runtime {
         let epoch_owned = epoch.to_owned();
         let sync = self.config.sync.clone();
         let fetch = self.blocking(move |engine| {
-            let (outcomes, ()) = engine.namespace.apply_remote_batch_with(&batch, |txn, _| {
-                let mut kv = txn.open_table(KV)?;
-                kv.insert(KV_APPLIED, last.to_be_bytes().as_slice())?;
-                kv.insert(KV_EPOCH, epoch_owned.as_bytes())?;
-                Ok(())
-            })?;
+            let (outcomes, ()) = engine
+                .namespace
+                .apply_remote_batch_with(&batch, |txn, _| write_position(txn, &epoch_owned, last))?;
             let mut fetch = Vec::new();
             for (event, outcome) in batch.iter().zip(outcomes) {
                 if let Err(e) = outcome {
@@ -684,11 +686,7 @@ impl Runtime {
         let epoch = epoch.to_owned();
         self.blocking(move |engine| {
             let txn = engine.db.begin_write()?;
-            {
-                let mut kv = txn.open_table(KV)?;
-                kv.insert(KV_APPLIED, applied.to_be_bytes().as_slice())?;
-                kv.insert(KV_EPOCH, epoch.as_bytes())?;
-            }
+            write_position(&txn, &epoch, applied)?;
             txn.commit()?;
             Ok(())
         })
