@@ -7,10 +7,8 @@
 //! a wrong manifest is skipped for an honest one.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use geosync_core::clock::RegionId;
 use geosync_core::coordinator::service::CoordinatorService;
@@ -37,39 +35,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status};
 
+mod common;
+use common::{bytes, wait_until, within};
+
 const CHUNK: u32 = 64 << 10;
 /// Pieces smaller than a chunk, so every fetch reassembles chunks from several pieces.
 const PIECE: usize = 10_000;
 /// 16 full chunks and a short last one.
 const SIZE: usize = (1 << 20) + 1000;
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    within(what, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn region_id(name: &str) -> RegionId {
     RegionId::new(name).unwrap()

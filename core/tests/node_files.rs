@@ -2,12 +2,10 @@
 //! and bad input (paths, streams, modes) refused with INVALID_ARGUMENT, changing nothing.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::{Shutdown, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use geosync_core::clock::RegionId;
 use geosync_core::namespace::{NamespaceConfig, NodeView};
@@ -28,34 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Server};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    within(what, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+mod common;
+use common::{bytes, wait_until, within};
 
 /// Content here is always local: nothing may ask for remote chunks.
 struct NoRemote;
