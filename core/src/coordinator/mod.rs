@@ -535,7 +535,7 @@ impl Coordinator {
             });
         }
         let quorum = Quorum::of(regions.iter().map(|r| r.state));
-        let conflicts_open = self.engine.namespace.conflicts()?.len() as u64;
+        let conflicts_open = self.engine.namespace.conflict_count()?;
         Ok(ClusterView {
             epoch: self.epoch().to_owned(),
             head: self.head(),

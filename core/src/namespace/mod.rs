@@ -559,6 +559,15 @@ impl Namespace {
         Ok(out)
     }
 
+    /// How many manual conflicts are open (without reading them).
+    pub fn conflict_count(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(INDEX)?;
+        let start = tagged(TAG_CONFLICT, &[]);
+        let end = prefix_end(&start);
+        Ok(index.range(start.as_slice()..end.as_slice())?.count() as u64)
+    }
+
     /// Open manual conflicts.
     pub fn conflicts(&self) -> Result<Vec<ConflictInfo>> {
         let txn = self.db.begin_read()?;

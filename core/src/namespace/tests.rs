@@ -479,6 +479,7 @@ fn manual_conflict_waits_for_the_operator() {
     for e in [&a, &b] {
         let conflicts = e.namespace.conflicts().unwrap();
         assert_eq!(conflicts.len(), 1);
+        assert_eq!(e.namespace.conflict_count().unwrap(), 1);
         assert_eq!(conflicts[0].path, b"/doc.txt");
         assert_eq!(conflicts[0].versions.len(), 2);
         assert!(
@@ -500,6 +501,7 @@ fn manual_conflict_waits_for_the_operator() {
     deliver(&drain(&a), &b);
     for e in [&a, &b] {
         assert!(e.namespace.conflicts().unwrap().is_empty());
+        assert_eq!(e.namespace.conflict_count().unwrap(), 0);
         assert_eq!(content_of(&e.namespace, "/doc.txt"), Some(eu));
         assert_eq!(names(&e.namespace), vec!["/doc.txt"]);
     }
