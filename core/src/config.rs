@@ -343,6 +343,30 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Parses `text` into `T`, mapping every error to a [`ConfigError`].
+/// A configuration that can check itself and fill in what it derives.
+trait Checkable: DeserializeOwned {
+    fn check_and_resolve(&mut self) -> Checked;
+}
+
+fn load_file<T: Checkable>(path: &Path) -> Result<T, ConfigError> {
+    let text = read_file(path)?;
+    from_toml_text(&text, &path.display().to_string())
+}
+
+fn from_toml_text<T: Checkable>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let mut config: T = parse_toml(text, origin)?;
+    config
+        .check_and_resolve()
+        .map_err(|p| p.into_error(Some(text), origin))?;
+    Ok(config)
+}
+
+fn validate_in_code<T: Checkable>(config: &mut T) -> Result<(), ConfigError> {
+    config
+        .check_and_resolve()
+        .map_err(|p| p.into_error(None, "configuration"))
+}
+
 fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
         origin: origin.to_owned(),
@@ -1237,43 +1261,18 @@ impl CoordinatorConfig {
 
     /// Reads, checks and resolves a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_file(path)?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        load_file(path)
     }
 
     /// Parses, checks and resolves a configuration; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let mut config: Self = parse_toml(text, origin)?;
-        config
-            .check_and_resolve()
-            .map_err(|p| p.into_error(Some(text), origin))?;
-        Ok(config)
+        from_toml_text(text, origin)
     }
 
     /// Checks (and resolves) a configuration built in code.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
-        self.check_and_resolve()
-            .map_err(|p| p.into_error(None, "configuration"))
+        validate_in_code(self)
     }
-
-    fn check_and_resolve(&mut self) -> Checked {
-        check_path(&self.data_dir.to_string_lossy()).map_err(|m| Problem::new("data_dir", m))?;
-        check_positive("max_clock_drift_ms", self.max_clock_drift_ms)?;
-        check_positive("degraded_lag_events", self.degraded_lag_events)?;
-        if !(self.degraded_lag_seconds.is_finite() && self.degraded_lag_seconds > 0.0) {
-            return Err(Problem::new(
-                "degraded_lag_seconds",
-                format!(
-                    "expected a positive number of seconds, got {}",
-                    self.degraded_lag_seconds
-                ),
-            ));
-        }
-        self.heartbeat.check("heartbeat")?;
-        self.conflicts.check("conflicts")?;
-        resolve_http_listen(self.listen, &mut self.http_listen)
-    }
-
     /// The HTTP address (`http_listen`, or its default if unresolved).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_listen
@@ -1292,6 +1291,26 @@ impl CoordinatorConfig {
     /// A commented configuration file listing every key with its default.
     pub fn example() -> &'static str {
         COORDINATOR_EXAMPLE
+    }
+}
+
+impl Checkable for CoordinatorConfig {
+    fn check_and_resolve(&mut self) -> Checked {
+        check_path(&self.data_dir.to_string_lossy()).map_err(|m| Problem::new("data_dir", m))?;
+        check_positive("max_clock_drift_ms", self.max_clock_drift_ms)?;
+        check_positive("degraded_lag_events", self.degraded_lag_events)?;
+        if !(self.degraded_lag_seconds.is_finite() && self.degraded_lag_seconds > 0.0) {
+            return Err(Problem::new(
+                "degraded_lag_seconds",
+                format!(
+                    "expected a positive number of seconds, got {}",
+                    self.degraded_lag_seconds
+                ),
+            ));
+        }
+        self.heartbeat.check("heartbeat")?;
+        self.conflicts.check("conflicts")?;
+        resolve_http_listen(self.listen, &mut self.http_listen)
     }
 }
 
@@ -1434,25 +1453,37 @@ impl RegionConfig {
 
     /// Reads, checks and resolves a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_file(path)?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        load_file(path)
     }
 
     /// Parses, checks and resolves a configuration; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let mut config: Self = parse_toml(text, origin)?;
-        config
-            .check_and_resolve()
-            .map_err(|p| p.into_error(Some(text), origin))?;
-        Ok(config)
+        from_toml_text(text, origin)
     }
 
     /// Checks (and resolves) a configuration built in code.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
-        self.check_and_resolve()
-            .map_err(|p| p.into_error(None, "configuration"))
+        validate_in_code(self)
+    }
+    /// The HTTP address (`http_listen`, or its default if unresolved).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listen
+            .or_else(|| default_http_listen(self.listen))
+            .unwrap_or(SocketAddr::new(self.listen.ip(), 0))
     }
 
+    pub fn max_clock_drift(&self) -> Duration {
+        Duration::from_millis(self.max_clock_drift_ms)
+    }
+
+    /// A commented configuration file listing every key with its default (for
+    /// region `eu`).
+    pub fn example() -> &'static str {
+        REGION_EXAMPLE
+    }
+}
+
+impl Checkable for RegionConfig {
     fn check_and_resolve(&mut self) -> Checked {
         if self.data_dir.as_os_str().is_empty() {
             self.data_dir = Self::default_data_dir(&self.region);
@@ -1477,23 +1508,6 @@ impl RegionConfig {
         self.sync.check("sync")?;
         self.conflicts.check("conflicts")?;
         resolve_http_listen(self.listen, &mut self.http_listen)
-    }
-
-    /// The HTTP address (`http_listen`, or its default if unresolved).
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_listen
-            .or_else(|| default_http_listen(self.listen))
-            .unwrap_or(SocketAddr::new(self.listen.ip(), 0))
-    }
-
-    pub fn max_clock_drift(&self) -> Duration {
-        Duration::from_millis(self.max_clock_drift_ms)
-    }
-
-    /// A commented configuration file listing every key with its default (for
-    /// region `eu`).
-    pub fn example() -> &'static str {
-        REGION_EXAMPLE
     }
 }
 
