@@ -60,6 +60,22 @@ pub struct DemoArgs {
     /// The coordinator's gRPC port; regions use base+10, base+11, ...; HTTP is +1000.
     #[arg(long, default_value_t = 7400)]
     pub base_port: u16,
+    /// Do not mount the regions (by default each is mounted at DIR/mnt/<region>).
+    #[arg(long)]
+    pub no_mount: bool,
+    #[command(flatten)]
+    pub mount: MountArgs,
+}
+
+/// How a region's namespace is mounted with FUSE.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MountArgs {
+    /// Let other users use the mounts (a media server running as its own user).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +111,11 @@ pub struct RegionArgs {
     /// The data directory (overrides the file).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Mount the namespace with FUSE at this directory (overrides the file's `mount`).
+    #[arg(long)]
+    pub mount: Option<PathBuf>,
+    #[command(flatten)]
+    pub mount_options: MountArgs,
     /// Print an example configuration file and exit.
     #[arg(long)]
     pub print_config: bool,

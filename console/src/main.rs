@@ -3,6 +3,7 @@
 
 mod cli;
 mod client;
+mod mounts;
 mod serve;
 
 use std::process::ExitCode;

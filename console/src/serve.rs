@@ -13,6 +13,7 @@ use geosync_core::node::{RegionNode, RegionSettings};
 use tokio::net::TcpListener;
 
 use crate::cli::{CoordinatorArgs, DemoArgs, RegionArgs};
+use crate::mounts;
 
 /// Logs go to standard error; `RUST_LOG` picks what (default: info).
 fn init_logging() {
@@ -135,15 +136,33 @@ pub async fn region(args: RegionArgs) -> Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    if let Some(dir) = args.mount {
+        config.mount = Some(dir);
+    }
     config.validate()?;
+    let mount_dir = config.mount.clone();
     let node = start_region(config).await?;
+    let mounted = match &mount_dir {
+        Some(dir) => match mounts::mount(&node, dir, args.mount_options.options()).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                node.shutdown().await?;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     println!(
-        "region {}  grpc http://{}  http {}",
+        "region {}  grpc http://{}  http {}  mount {}",
         node.region(),
         node.grpc_addr(),
-        http_url(node.http_addr())
+        http_url(node.http_addr()),
+        mounted
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |m| m.path().display().to_string())
     );
     stop_signal().await?;
+    mounts::unmount_all(mounted.into_iter().collect()).await;
     node.shutdown().await?;
     Ok(())
 }
@@ -201,6 +220,25 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     for config in region_configs {
         regions.push(start_region(config).await?);
     }
+    let mut mounted = Vec::new();
+    if !args.no_mount {
+        for r in &regions {
+            let dir = args.dir.join("mnt").join(r.region().as_str());
+            let made = std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()));
+            let m = match made {
+                Ok(()) => mounts::mount(r, &dir, args.mount.options()).await,
+                Err(e) => Err(e),
+            };
+            match m {
+                Ok(m) => mounted.push(m),
+                Err(e) => {
+                    mounts::unmount_all(mounted).await;
+                    return Err(e.context("(run with --no-mount to start without mounts)"));
+                }
+            }
+        }
+    }
     println!("geosync demo: data in {}", args.dir.display());
     println!(
         "  coordinator  grpc http://{}  http {}",
@@ -208,11 +246,16 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         http_url(coordinator.http_addr())
     );
     for r in &regions {
+        let mount = mounted
+            .iter()
+            .find(|m| m.path().ends_with(r.region().as_str()))
+            .map_or_else(|| "-".to_owned(), |m| m.path().display().to_string());
         println!(
-            "  region {:<5} grpc http://{}  http {}",
+            "  region {:<5} grpc http://{}  http {}  mount {}",
             r.region().as_str(),
             r.grpc_addr(),
-            http_url(r.http_addr())
+            http_url(r.http_addr()),
+            mount
         );
     }
     println!("try:");
@@ -238,6 +281,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     }
     stop_signal().await?;
     println!("stopping...");
+    mounts::unmount_all(mounted).await;
     for r in regions {
         r.shutdown().await?;
     }

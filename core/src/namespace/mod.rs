@@ -67,6 +67,24 @@ pub(crate) struct NodeRecord {
 pub struct Notification {
     pub node: NodeId,
     pub kind: NotificationKind,
+    /// Who made the change: the tag of the thread that made it (see [`with_origin`]), 0 for
+    /// changes made outside any tagged scope (remote events, other services).
+    pub origin: u64,
+}
+
+thread_local! {
+    static ORIGIN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with the changes it makes on this thread tagged `origin` in their
+/// notifications, so that a subscriber can tell its own changes from the
+/// others' (a FUSE mount need not invalidate the kernel's caches for what it
+/// wrote itself).
+pub fn with_origin<T>(origin: u64, f: impl FnOnce() -> T) -> T {
+    let before = ORIGIN.with(|o| o.replace(origin));
+    let out = f();
+    ORIGIN.with(|o| o.set(before));
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -618,7 +636,9 @@ impl Namespace {
     }
 
     fn publish(&self, notes: Vec<Notification>) {
-        for n in notes {
+        let origin = ORIGIN.with(|o| o.get());
+        for mut n in notes {
+            n.origin = origin;
             // No subscriber is not an error.
             let _ = self.notify_tx.send(n);
         }
@@ -1135,6 +1155,7 @@ fn integrate(
     t.notes.push(Notification {
         node: id,
         kind: NotificationKind::Changed,
+        origin: 0,
     });
     t.settle(id)?;
     if is_dir && (moved || t.any_detached()?) {

@@ -678,11 +678,13 @@ fn notifications_report_entries_and_changes() {
         kind: NotificationKind::EntryAdded {
             parent: NodeId::ROOT,
             name
-        }
+        },
+        origin: 0,
     }));
     assert!(seen.contains(&Notification {
         node: f,
-        kind: NotificationKind::Changed
+        kind: NotificationKind::Changed,
+        origin: 0,
     }));
 }
 

@@ -534,6 +534,7 @@ impl<'txn> Tables<'txn> {
                     parent,
                     name: name.clone(),
                 },
+                origin: 0,
             });
         }
         if let Some(new) = best {
@@ -541,6 +542,7 @@ impl<'txn> Tables<'txn> {
             self.notes.push(Notification {
                 node: new,
                 kind: NotificationKind::EntryAdded { parent, name },
+                origin: 0,
             });
         }
         Ok(())

@@ -46,7 +46,7 @@ use crate::store::content::{ContentConfig, ContentRef};
 use crate::store::{KV, kv_get};
 use crate::{Engine, EngineConfig, Error, Result};
 
-use chunks::{ChunkService, CoordinatorLocator, RemoteChunks};
+use chunks::{ChunkService, CoordinatorLocator, Locator, RemoteChunks};
 use fetch::ChunkSource;
 use files::FilesService;
 
@@ -174,9 +174,12 @@ fn unreachable(status: &tonic::Status) -> bool {
 pub struct RegionNode {
     engine: Arc<Engine>,
     region: RegionId,
+    data_dir: std::path::PathBuf,
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     status: Arc<RegionStatus>,
+    chunks: Arc<dyn ChunkSource>,
+    locator: Arc<dyn Locator>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -226,11 +229,11 @@ impl RegionNode {
             .store(read_u64(&engine, KV_APPLIED)?, Ordering::SeqCst);
         let shutdown = CancellationToken::new();
 
-        let locator = Arc::new(CoordinatorLocator::new(coordinators.channel()));
+        let locator: Arc<dyn Locator> = Arc::new(CoordinatorLocator::new(coordinators.channel()));
         let chunk_source: Arc<dyn ChunkSource> = Arc::new(RemoteChunks::new(
             engine.content.clone(),
             config.region.clone(),
-            locator,
+            locator.clone(),
         ));
         let mut tasks = Vec::new();
 
@@ -287,13 +290,27 @@ impl RegionNode {
         tracing::info!(region = %config.region, %grpc_addr, ?http_addr, "region started");
         Ok(RegionNode {
             engine,
+            data_dir: config.data_dir.clone(),
             region: config.region,
             grpc_addr,
             http_addr,
             status,
+            chunks: chunk_source,
+            locator,
             shutdown,
             tasks,
         })
+    }
+
+    /// Fetches content this region lacks from the regions that hold it (for the
+    /// file system's cold reads).
+    pub fn chunks(&self) -> Arc<dyn ChunkSource> {
+        self.chunks.clone()
+    }
+
+    /// Tells which regions hold a content version.
+    pub fn locator(&self) -> Arc<dyn Locator> {
+        self.locator.clone()
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -302,6 +319,11 @@ impl RegionNode {
 
     pub fn region(&self) -> &RegionId {
         &self.region
+    }
+
+    /// Where the region keeps its state.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
