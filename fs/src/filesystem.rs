@@ -32,6 +32,9 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// How far ahead of a sequential read cold content is fetched.
 const READ_AHEAD_BYTES: u64 = 16 << 20;
 
+/// The control tree changes behind the kernel's back: never cached.
+const CONTROL_TTL: Duration = Duration::ZERO;
+
 /// Entries read from the namespace per page when a directory is opened.
 const DIR_PAGE: usize = 4096;
 
@@ -200,10 +203,12 @@ impl GeoFs {
     /// Makes `range` of `content` present locally, fetching cold chunks.
     fn ensure(&self, content: ContentRef, range: std::ops::Range<u64>) -> Result<()> {
         let store = &self.engine().content;
-        if store.is_complete(&content.id)? {
-            return Ok(());
-        }
-        if store.missing_chunks(&content.id, range.clone())?.is_empty() {
+        // Unknown content (not registered yet) is fetched like missing chunks.
+        if store.is_complete(&content.id).unwrap_or(false)
+            || store
+                .missing_chunks(&content.id, range.clone())
+                .is_ok_and(|m| m.is_empty())
+        {
             return Ok(());
         }
         let chunks = self.ctx.chunks.clone();
@@ -351,58 +356,61 @@ impl GeoFs {
                 return reply.error(errno(&e));
             }
         }
-        // Passthrough: the kernel reads the content file itself.
-        let local = s
+        // Passthrough: the kernel reads the content file itself. Once an inode
+        // has passthrough opens, the kernel wants every open of it to be
+        // passthrough with the same backing file: later readers share it (they
+        // read the version the first reader opened), writers must wait.
+        if s.passthrough_handles > 0 && write {
+            drop(s);
+            self.open.detach(id);
+            return reply.error(Errno::ETXTBSY);
+        }
+        let shared = s.passthrough.as_ref().map(|(cid, b)| (*cid, b.clone()));
+        let fresh = s
             .content
+            .filter(|_| self.passthrough.load(Ordering::Relaxed))
             .filter(|_| !write && s.staging.is_none() && s.cached_handles == 0)
             .filter(|c| self.engine().content.is_complete(&c.id).unwrap_or(false));
-        if self.passthrough.load(Ordering::Relaxed)
-            && let Some(content) = local
-            && s.passthrough
-                .as_ref()
-                .is_none_or(|(cid, _)| *cid == content.id)
-        {
-            let guard = self.engine().content.open_handle(&content.id);
-            let backing = match &s.passthrough {
-                Some((_, b)) => Ok(b.clone()),
-                None => {
-                    let path = self.engine().content.object_path(&content.id);
-                    File::open(&path).and_then(|f| reply.open_backing(f).map(Arc::new))
-                }
-            };
-            match backing {
-                Ok(backing) => {
-                    s.passthrough = Some((content.id, backing.clone()));
-                    s.passthrough_handles += 1;
-                    drop(s);
-                    let fh = self.open.insert(Handle {
-                        node: id,
-                        ino,
-                        write: false,
-                        state: Some(state),
-                        reader: Reader::Node {
-                            object: Mutex::new(None),
-                            guard: Mutex::new(Some(guard)),
-                        },
-                        passthrough: true,
-                        next_offset: 0.into(),
-                    });
-                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "FUSE passthrough refused; reading through the daemon");
-                    self.passthrough.store(false, Ordering::Relaxed);
-                }
+        let backing = match (shared, fresh) {
+            (Some((cid, backing)), _) => Some(Ok((cid, backing))),
+            (None, Some(content)) => {
+                let path = self.engine().content.object_path(&content.id);
+                Some(
+                    File::open(&path)
+                        .and_then(|f| reply.open_backing(f))
+                        .map(|b| (content.id, Arc::new(b))),
+                )
             }
-        }
-        // With passthrough handles open, page-cache opens would be refused:
-        // read and write around the cache instead.
-        let flags = if s.passthrough_handles > 0 {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            s.cached_handles += 1;
-            FopenFlags::FOPEN_KEEP_CACHE
+            (None, None) => None,
         };
+        match backing {
+            Some(Ok((cid, backing))) => {
+                let guard = self.engine().content.open_handle(&cid);
+                s.passthrough = Some((cid, backing.clone()));
+                s.passthrough_handles += 1;
+                drop(s);
+                let fh = self.open.insert(Handle {
+                    node: id,
+                    ino,
+                    write: false,
+                    state: Some(state),
+                    reader: Reader::Node {
+                        object: Mutex::new(None),
+                        guard: Mutex::new(Some(guard)),
+                    },
+                    passthrough: true,
+                    next_offset: 0.into(),
+                });
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "FUSE passthrough refused; reading through the daemon");
+                self.passthrough.store(false, Ordering::Relaxed);
+            }
+            None => {}
+        }
+        s.cached_handles += 1;
+        let flags = FopenFlags::FOPEN_KEEP_CACHE;
         let guard = s.content.map(|c| self.engine().content.open_handle(&c.id));
         drop(s);
         let fh = self.open.insert(Handle {
@@ -613,7 +621,7 @@ impl fuser::Filesystem for GeoFs {
         match self.inode(parent) {
             Err(e) => reply.error(e),
             Ok(Inode::Control(c)) => match control::lookup(self, &c, name) {
-                Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
+                Ok(attr) => reply.entry(&CONTROL_TTL, &attr, Generation(0)),
                 Err(e) => reply.error(e),
             },
             Ok(Inode::Node(_)) if Self::is_control_name(parent, name) => {
@@ -633,7 +641,7 @@ impl fuser::Filesystem for GeoFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.inode(ino) {
             Err(e) => reply.error(e),
-            Ok(Inode::Control(c)) => reply.attr(&self.ttl, &control::attr(self, &c)),
+            Ok(Inode::Control(c)) => reply.attr(&CONTROL_TTL, &control::attr(self, &c)),
             Ok(Inode::Node(id)) => match self.view(id) {
                 Ok(view) => reply.attr(&self.ttl, &self.attr(ino.0, &view)),
                 Err(e) => reply.error(e),

@@ -19,6 +19,7 @@ use geosync_core::model::NodeId;
 use geosync_core::namespace::{Namespace, NamespaceConfig, NewNode, NodeView};
 use geosync_core::node::{RegionNode, RegionSettings};
 use geosync_core::{Engine, EngineConfig};
+pub use geosync_fs::{FsContext, MountOptions, Mounted};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -306,6 +307,17 @@ impl Cluster {
 
     pub fn path(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Mounts a running region with FUSE at `<root>/mnt/<name>`. The mount is
+    /// unmounted when the returned guard drops (also when a test panics): keep
+    /// it declared after the cluster so it drops first. Call from a
+    /// multi-threaded runtime: cold reads run on it while the test blocks.
+    pub fn mount(&self, name: &str, options: MountOptions) -> Mounted {
+        let dir = self.root.path().join("mnt").join(name);
+        std::fs::create_dir_all(&dir).expect("create the mount point");
+        let ctx = FsContext::for_region(self.region(name));
+        geosync_fs::mount(ctx, &dir, &options).expect("mount")
     }
 
     /// Stops everything, regions first.
