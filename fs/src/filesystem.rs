@@ -328,6 +328,22 @@ impl GeoFs {
         result
     }
 
+    /// Clears set-user-id and set-group-id on a write by an unprivileged
+    /// writer (the kernel asks us to: `FUSE_HANDLE_KILLPRIV_V2`).
+    fn kill_suid(&self, id: NodeId) -> Res<()> {
+        let view = self.view(id)?;
+        let mode = view.meta.mode;
+        if mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return Ok(());
+        }
+        let attr = SetAttr {
+            mode: Some(mode & !(libc::S_ISUID | libc::S_ISGID)),
+            ..SetAttr::default()
+        };
+        self.own(|| self.engine().namespace.setattr(id, attr))
+            .map(|_| ())
+    }
+
     // ----- opening -----
 
     fn open_node(&self, ino: u64, id: NodeId, flags: OpenFlags, reply: ReplyOpen) {
@@ -599,7 +615,10 @@ impl fuser::Filesystem for GeoFs {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // We clear set-id bits on write ourselves, which spares the kernel
+            // a getxattr(security.capability) round trip before every write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let can_passthrough = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
         if self.want_passthrough && can_passthrough {
             wanted |= InitFlags::FUSE_PASSTHROUGH;
@@ -952,7 +971,7 @@ impl fuser::Filesystem for GeoFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -963,6 +982,11 @@ impl fuser::Filesystem for GeoFs {
         let Some(state) = handle.state.as_ref().filter(|_| handle.write) else {
             return reply.error(Errno::EBADF);
         };
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.kill_suid(handle.node)
+        {
+            return reply.error(e);
+        }
         let mut s = lock(state);
         if let Err(e) = self.stage(&mut s, false) {
             return reply.error(errno(&e));
