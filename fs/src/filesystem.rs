@@ -23,17 +23,19 @@ use geosync_core::{Engine, Error, Result};
 use crate::control::{self, CONTROL_DIR};
 use crate::errno::errno;
 use crate::inodes::{Control, Inode, Inodes, ROOT_INO};
-use crate::open::{DirHandle, DirItem, Handle, NodeState, OpenFiles, Reader, Staging, lock};
+use crate::open::{
+    DirHandle, DirItem, Handle, NodeState, OpenFiles, Reader, SeqHasher, Staging, lock,
+};
 use crate::{FsContext, MountOptions};
 
 /// The largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
 
-/// How far ahead of a sequential read cold content is fetched.
-const READ_AHEAD_BYTES: u64 = 16 << 20;
-
 /// The control tree changes behind the kernel's back: never cached.
 const CONTROL_TTL: Duration = Duration::ZERO;
+
+/// Entries whose attributes `readdirplus` reads in one transaction.
+const READDIRPLUS_PAGE: usize = 128;
 
 /// Entries read from the namespace per page when a directory is opened.
 const DIR_PAGE: usize = 4096;
@@ -225,14 +227,14 @@ impl GeoFs {
         object: &mut Option<(geosync_core::store::content::ContentId, File)>,
         offset: u64,
         size: u32,
-        sequential: bool,
     ) -> Result<Vec<u8>> {
         if offset >= content.size {
             return Ok(Vec::new());
         }
         let end = (offset + size as u64).min(content.size);
-        let ahead = if sequential { READ_AHEAD_BYTES } else { 0 };
-        self.ensure(content, offset..(end + ahead).min(content.size))?;
+        // The chunk source sees sequential reads and fetches ahead of them in
+        // the background; random reads fetch only the chunks they touch.
+        self.ensure(content, offset..end)?;
         if object.as_ref().is_none_or(|(id, _)| *id != content.id) {
             let path = self.engine().content.object_path(&content.id);
             let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
@@ -269,7 +271,14 @@ impl GeoFs {
             }
             size = base.size;
         }
-        state.staging = Some(Staging { path, file, size });
+        // Hash on the way while the content is built by appends from empty.
+        let hasher = (size == 0).then(|| SeqHasher::new(store.config().chunk_size));
+        state.staging = Some(Staging {
+            path,
+            file,
+            size,
+            hasher,
+        });
         state.last_write_ns = now_ns();
         Ok(())
     }
@@ -279,10 +288,17 @@ impl GeoFs {
         let Some(staging) = state.staging.take() else {
             return Ok(());
         };
+        let mut staging = staging;
+        let manifest = staging.manifest();
         let Staging { path, file, .. } = staging;
         drop(file);
         let ns = &self.engine().namespace;
-        let content = match self.engine().content.put_file(&path) {
+        let store = &self.engine().content;
+        let put = match manifest {
+            Some(manifest) => store.put_hashed(&path, manifest),
+            None => store.put_file(&path),
+        };
+        let content = match put {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -316,7 +332,7 @@ impl GeoFs {
             self.stage(&mut s, size == 0).map_err(|e| errno(&e))?;
             let staging = s.staging.as_mut().ok_or(Errno::EIO)?;
             staging.file.set_len(size).map_err(Errno::from)?;
-            staging.size = size;
+            staging.resized(size);
             s.last_write_ns = now_ns();
             // Nobody else has it open: this is the whole change.
             if s.handles == 1 {
@@ -365,7 +381,9 @@ impl GeoFs {
         let state = self.open.attach(id, || view.meta.content);
         let mut s = lock(&state);
         if trunc && write {
-            s.staging = None;
+            if let Some(old) = s.staging.take() {
+                let _ = std::fs::remove_file(&old.path);
+            }
             if let Err(e) = self.stage(&mut s, true) {
                 drop(s);
                 self.open.detach(id);
@@ -415,7 +433,6 @@ impl GeoFs {
                         guard: Mutex::new(Some(guard)),
                     },
                     passthrough: true,
-                    next_offset: 0.into(),
                 });
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
             }
@@ -439,7 +456,6 @@ impl GeoFs {
                 guard: Mutex::new(guard),
             },
             passthrough: false,
-            next_offset: 0.into(),
         });
         reply.opened(FileHandle(fh), flags);
     }
@@ -482,10 +498,6 @@ impl GeoFs {
     }
 
     fn read_handle(&self, handle: &Handle, offset: u64, size: u32) -> Res<Vec<u8>> {
-        let sequential = handle.next_offset.load(Ordering::Relaxed) == offset && offset > 0;
-        handle
-            .next_offset
-            .store(offset + size as u64, Ordering::Relaxed);
         match &handle.reader {
             Reader::Bytes(data) => {
                 let start = (offset as usize).min(data.len());
@@ -500,7 +512,7 @@ impl GeoFs {
                 };
                 let mut object_slot = object.lock().unwrap_or_else(|p| p.into_inner());
                 let mut tmp = object_slot.take().map(|f| (content.id, f));
-                let out = self.read_content(*content, &mut tmp, offset, size, sequential);
+                let out = self.read_content(*content, &mut tmp, offset, size);
                 *object_slot = tmp.map(|(_, f)| f);
                 out.map_err(|e| errno(&e))
             }
@@ -522,7 +534,7 @@ impl GeoFs {
                     return Ok(Vec::new());
                 };
                 let mut object = object.lock().unwrap_or_else(|p| p.into_inner());
-                self.read_content(content, &mut object, offset, size, sequential)
+                self.read_content(content, &mut object, offset, size)
                     .map_err(|e| errno(&e))
             }
         }
@@ -570,12 +582,15 @@ impl GeoFs {
                 .map_err(|e| errno(&e))?;
             let Some(last) = page.last() else { break };
             after = Some(last.name.as_bytes().to_vec());
-            for e in page {
+            let inos = self
+                .inodes
+                .node_inos(&page.iter().map(|e| e.node).collect::<Vec<_>>());
+            for (e, ino) in page.into_iter().zip(inos) {
                 if id == NodeId::ROOT && e.name.as_bytes() == CONTROL_DIR {
                     continue;
                 }
                 items.push(DirItem {
-                    ino: self.inodes.node_ino(e.node),
+                    ino,
                     node: Some(e.node),
                     kind: file_type(e.kind),
                     name: e.name.as_bytes().to_vec(),
@@ -885,7 +900,6 @@ impl fuser::Filesystem for GeoFs {
                             state: None,
                             reader,
                             passthrough: false,
-                            next_offset: 0.into(),
                         });
                         reply.opened(FileHandle(fh), fopen)
                     }
@@ -933,7 +947,6 @@ impl fuser::Filesystem for GeoFs {
                 guard: Mutex::new(None),
             },
             passthrough: false,
-            next_offset: 0.into(),
         });
         reply.created(
             &self.ttl,
@@ -996,7 +1009,7 @@ impl fuser::Filesystem for GeoFs {
         };
         match staging.file.write_all_at(data, offset) {
             Ok(()) => {
-                staging.size = staging.size.max(offset + data.len() as u64);
+                staging.wrote(offset, data);
                 s.last_write_ns = now_ns();
                 reply.written(data.len() as u32)
             }
@@ -1113,31 +1126,46 @@ impl fuser::Filesystem for GeoFs {
         let Some(dir) = self.open.dir(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, item) in dir.entries.iter().enumerate().skip(offset as usize) {
-            let attr = match (item.node, &item.name[..]) {
-                (_, b"." | b"..") | (None, _) => match self.inodes.get(item.ino) {
-                    Some(Inode::Control(c)) => control::attr(self, &c),
-                    _ => synthetic_attr(item.ino, item.kind, 0, 0, 0o755),
-                },
-                (Some(node), _) => match self.view(node) {
-                    Ok(view) => {
-                        self.inodes.remember_entry(item.ino, ino.0, &item.name);
-                        self.attr(item.ino, &view)
-                    }
-                    // Removed since the directory was opened.
-                    Err(_) => continue,
-                },
+        // Attributes a page at a time, in one read transaction each.
+        let mut at = offset as usize;
+        'pages: while at < dir.entries.len() {
+            let page = &dir.entries[at..(at + READDIRPLUS_PAGE).min(dir.entries.len())];
+            let ids: Vec<NodeId> = page.iter().filter_map(|item| item.node).collect();
+            let views = match self.engine().namespace.get_many(&ids) {
+                Ok(v) => v,
+                Err(e) => return reply.error(errno(&e)),
             };
-            if reply.add(
-                INodeNo(item.ino),
-                i as u64 + 1,
-                OsStr::from_bytes(&item.name),
-                &self.ttl,
-                &attr,
-                Generation(0),
-            ) {
-                break;
+            let mut views = views.into_iter();
+            for (i, item) in page.iter().enumerate() {
+                let attr = match (item.node, &item.name[..]) {
+                    (None, _) => match self.inodes.get(item.ino) {
+                        Some(Inode::Control(c)) => control::attr(self, &c),
+                        _ => synthetic_attr(item.ino, item.kind, 0, 0, 0o755),
+                    },
+                    (Some(_), name) => match views.next() {
+                        Some(Ok(view)) => {
+                            if name != b"." {
+                                self.inodes.remember_entry(item.ino, ino.0, name);
+                            }
+                            self.attr(item.ino, &view)
+                        }
+                        // Removed since the directory was opened.
+                        _ => continue,
+                    },
+                };
+                let next = (at + i) as u64 + 1;
+                if reply.add(
+                    INodeNo(item.ino),
+                    next,
+                    OsStr::from_bytes(&item.name),
+                    &self.ttl,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break 'pages;
+                }
             }
+            at += page.len();
         }
         reply.ok()
     }

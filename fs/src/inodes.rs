@@ -102,6 +102,25 @@ impl Inodes {
         self.ino(Inode::Node(node))
     }
 
+    /// The inode numbers of many nodes at once (one lock for a directory page).
+    pub fn node_inos(&self, nodes: &[NodeId]) -> Vec<u64> {
+        let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .iter()
+            .map(|node| {
+                let inode = Inode::Node(*node);
+                if let Some(ino) = maps.by_inode.get(&inode) {
+                    return *ino;
+                }
+                let ino = maps.next;
+                maps.next += 1;
+                maps.by_ino.insert(ino, inode.clone());
+                maps.by_inode.insert(inode, ino);
+                ino
+            })
+            .collect()
+    }
+
     /// The inode number of a node, only if the kernel may know it already.
     pub fn known(&self, node: NodeId) -> Option<u64> {
         self.read().by_inode.get(&Inode::Node(node)).copied()
@@ -110,12 +129,17 @@ impl Inodes {
     /// Records that the kernel knows `ino` as `name` in `parent` (so that a
     /// lost invalidation can be repaired by invalidating every known entry).
     pub fn remember_entry(&self, ino: u64, parent: u64, name: &[u8]) {
+        let known = |maps: &Maps| {
+            maps.entries
+                .get(&ino)
+                .is_some_and(|(p, n)| *p == parent && n == name)
+        };
+        if known(&self.read()) {
+            return;
+        }
         let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
-        match maps.entries.get(&ino) {
-            Some((p, n)) if *p == parent && n == name => {}
-            _ => {
-                maps.entries.insert(ino, (parent, name.to_vec()));
-            }
+        if !known(&maps) {
+            maps.entries.insert(ino, (parent, name.to_vec()));
         }
     }
 

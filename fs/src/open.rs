@@ -16,13 +16,93 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::BackingId;
 use geosync_core::model::NodeId;
-use geosync_core::store::content::{ContentId, ContentRef, OpenGuard};
+use geosync_core::store::content::{ContentId, ContentRef, Manifest, OpenGuard};
 
 /// New content being written, not yet committed.
 pub struct Staging {
     pub path: PathBuf,
     pub file: File,
     pub size: u64,
+    /// Chunk hashes of the content so far while every write appended (the
+    /// usual `cp`/`rsync` pattern): the commit then needs no second read.
+    pub hasher: Option<SeqHasher>,
+}
+
+impl Staging {
+    /// Records a write of `data` at `offset`.
+    pub fn wrote(&mut self, offset: u64, data: &[u8]) {
+        if let Some(h) = &mut self.hasher
+            && !h.append(offset, data)
+        {
+            self.hasher = None;
+        }
+        self.size = self.size.max(offset + data.len() as u64);
+    }
+
+    /// Records a truncate or extend to `size`.
+    pub fn resized(&mut self, size: u64) {
+        if self.hasher.as_ref().is_some_and(|h| h.len != size) {
+            self.hasher = None;
+        }
+        self.size = size;
+    }
+
+    /// The manifest of the staged content, if the writes allowed hashing it
+    /// on the way.
+    pub fn manifest(&mut self) -> Option<Manifest> {
+        let h = self.hasher.take()?;
+        (h.len == self.size).then(|| h.finish()).flatten()
+    }
+}
+
+/// Hashes content chunk by chunk as it is appended.
+pub struct SeqHasher {
+    chunk_size: u64,
+    chunks: Vec<[u8; 32]>,
+    current: blake3::Hasher,
+    in_chunk: u64,
+    /// Bytes hashed so far (the next append must start here).
+    len: u64,
+}
+
+impl SeqHasher {
+    pub fn new(chunk_size: u32) -> SeqHasher {
+        SeqHasher {
+            chunk_size: u64::from(chunk_size),
+            chunks: Vec::new(),
+            current: blake3::Hasher::new(),
+            in_chunk: 0,
+            len: 0,
+        }
+    }
+
+    /// Hashes `data` if it continues the content; false if it does not.
+    fn append(&mut self, offset: u64, mut data: &[u8]) -> bool {
+        if offset != self.len {
+            return false;
+        }
+        while !data.is_empty() {
+            let room = (self.chunk_size - self.in_chunk) as usize;
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.current.update(now);
+            self.in_chunk += now.len() as u64;
+            self.len += now.len() as u64;
+            if self.in_chunk == self.chunk_size {
+                self.chunks.push(*self.current.finalize().as_bytes());
+                self.current.reset();
+                self.in_chunk = 0;
+            }
+            data = rest;
+        }
+        true
+    }
+
+    fn finish(mut self) -> Option<Manifest> {
+        if self.in_chunk > 0 {
+            self.chunks.push(*self.current.finalize().as_bytes());
+        }
+        Manifest::new(self.chunk_size as u32, self.len, self.chunks).ok()
+    }
 }
 
 /// What the open handles of one node share.
@@ -95,8 +175,6 @@ pub struct Handle {
     pub reader: Reader,
     /// Passthrough handles keep their backing id registered until release.
     pub passthrough: bool,
-    /// Where the next sequential read starts (read-ahead on a match).
-    pub next_offset: AtomicU64,
 }
 
 /// Open directory: the entries as they were at `opendir` (offsets index it).
@@ -202,5 +280,34 @@ impl OpenFiles {
     /// Open handles (files and directories), for status.
     pub fn counts(&self) -> (usize, usize) {
         (locked(&self.handles).len(), locked(&self.dirs).len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_content_hashes_like_the_whole() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        for pieces in [1usize, 3, 64, 1000, 4096] {
+            let mut h = SeqHasher::new(1024);
+            let mut at = 0u64;
+            for p in data.chunks(pieces) {
+                assert!(h.append(at, p));
+                at += p.len() as u64;
+            }
+            let m = h.finish().unwrap();
+            assert_eq!(
+                m.id(),
+                Manifest::for_bytes(&data, 1024).unwrap().id(),
+                "{pieces}"
+            );
+        }
+        let empty = SeqHasher::new(1024).finish().unwrap();
+        assert_eq!(empty.id(), Manifest::for_bytes(&[], 1024).unwrap().id());
+        let mut h = SeqHasher::new(1024);
+        assert!(h.append(0, b"abc"));
+        assert!(!h.append(10, b"gap"), "a write that skips is not an append");
     }
 }

@@ -804,3 +804,73 @@ async fn conflict_versions_show_under_the_control_directory() {
     drop(mount);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mount_errors_read_only_mounts_and_unmount_with_open_files() {
+    let cluster = Cluster::start(&["eu"], StrategyName::Lww).await;
+    let mount = cluster.mount("eu", MountOptions::default());
+    fs::write(mount.path().join("kept.txt"), b"kept").unwrap();
+
+    // The same directory cannot be mounted twice; the error says what to do.
+    let ctx = geosync_tests::FsContext::for_region(cluster.region("eu"));
+    let again = geosync_fs::mount(ctx.clone(), mount.path(), &MountOptions::default());
+    let err = again.err().expect("a second mount is refused").to_string();
+    assert!(
+        err.contains("already mounted") && err.contains("fusermount3 -u"),
+        "{err}"
+    );
+    let missing = geosync_fs::mount(
+        ctx.clone(),
+        &cluster.path().join("no-such-dir"),
+        &MountOptions::default(),
+    );
+    let err = missing
+        .err()
+        .expect("a missing mount point is refused")
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+
+    // Unmounting with a file open completes; the open file is cut off.
+    let mut open = File::open(mount.path().join("kept.txt")).unwrap();
+    let writer = OpenOptions::new()
+        .write(true)
+        .open(mount.path().join("other.txt"))
+        .or_else(|_| File::create(mount.path().join("other.txt")))
+        .unwrap();
+    let path = mount.path().to_path_buf();
+    let started = std::time::Instant::now();
+    mount.unmount().expect("unmount with open files");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let mut buf = Vec::new();
+    assert!(open.read_to_end(&mut buf).is_err() || buf == b"kept");
+    drop((open, writer));
+    assert!(
+        !fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!(" {} ", path.display())),
+        "nothing is left mounted"
+    );
+
+    // Read-only: reads work, every change is refused.
+    let ro = geosync_fs::mount(
+        ctx,
+        &path,
+        &MountOptions {
+            read_only: true,
+            ..MountOptions::default()
+        },
+    )
+    .expect("read-only mount");
+    assert_eq!(fs::read(ro.path().join("kept.txt")).unwrap(), b"kept");
+    assert_eq!(
+        errno_of(fs::write(ro.path().join("new.txt"), b"x")),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(fs::remove_file(ro.path().join("kept.txt"))),
+        libc::EROFS
+    );
+    assert_eq!(errno_of(fs::create_dir(ro.path().join("d"))), libc::EROFS);
+    drop(ro);
+    cluster.shutdown().await;
+}

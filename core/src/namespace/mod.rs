@@ -388,6 +388,13 @@ impl Namespace {
         self.view_in(&txn, id)
     }
 
+    /// Several nodes by id in one read transaction (the attributes of a
+    /// directory listing); a node that is gone is `Err(NotFound)` in its slot.
+    pub fn get_many(&self, ids: &[NodeId]) -> Result<Vec<Result<NodeView>>> {
+        let txn = self.db.begin_read()?;
+        Ok(ids.iter().map(|id| self.view_in(&txn, *id)).collect())
+    }
+
     fn view_in(&self, txn: &redb::ReadTransaction, id: NodeId) -> Result<NodeView> {
         let nodes = txn.open_table(tree::NODES)?;
         if let Some(rec) = nodes.get(id.0)? {

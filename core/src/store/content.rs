@@ -1172,6 +1172,34 @@ impl ContentStore {
         }
     }
 
+    /// Installs a staging file (from [`staging_file`](Self::staging_file)) whose
+    /// manifest the writer computed while writing it, sparing a second read of
+    /// the data. The file is consumed on success. Refused (and left alone)
+    /// unless it is in `tmp/`, exactly `manifest.size` bytes long, and the
+    /// manifest uses this store's chunk size.
+    pub fn put_hashed(&self, staged: &Path, manifest: Manifest) -> Result<ContentRef> {
+        let refuse = |reason: String| Err(Error::InvalidManifest { reason });
+        if !self.in_tmp(staged) {
+            return refuse(format!("{} is not a staging file", staged.display()));
+        }
+        if manifest.chunk_size != self.inner.config.chunk_size {
+            return refuse(format!(
+                "chunk size {} is not the store's {}",
+                manifest.chunk_size, self.inner.config.chunk_size
+            ));
+        }
+        let len = fs::metadata(staged)
+            .map_err(|e| Error::io("stat", staged, e))?
+            .len();
+        if len != manifest.size {
+            return refuse(format!(
+                "the staging file holds {len} bytes, the manifest says {}",
+                manifest.size
+            ));
+        }
+        self.install(manifest, staged)
+    }
+
     /// A new empty file in `tmp/` for a writer to stage content in, then hand to
     /// [`put_file`](Self::put_file). Leftovers are deleted at the next open.
     pub fn staging_file(&self) -> Result<(PathBuf, File)> {
@@ -1941,6 +1969,34 @@ mod tests {
         ));
         assert!(!f.store.is_complete(&unknown).unwrap());
         assert!(f.store.manifest(&unknown).unwrap().is_none());
+    }
+
+    #[test]
+    fn put_hashed_installs_a_staging_file_with_the_writers_manifest() {
+        let f = fixture(CHUNK, u64::MAX);
+        let bytes = data(3 * CHUNK as usize + 5, 4);
+        let manifest = Manifest::for_bytes(&bytes, CHUNK).unwrap();
+        // Wrong length, wrong chunk size, not a staging file: refused, file kept.
+        let (path, mut file) = f.store.staging_file().unwrap();
+        file.write_all(&bytes[..10]).unwrap();
+        drop(file);
+        assert!(matches!(
+            f.store.put_hashed(&path, manifest.clone()),
+            Err(Error::InvalidManifest { .. })
+        ));
+        assert!(path.exists());
+        let other = Manifest::for_bytes(&bytes[..10], CHUNK * 2).unwrap();
+        assert!(f.store.put_hashed(&path, other).is_err());
+        let outside = f.root.join("outside.bin");
+        fs::write(&outside, &bytes).unwrap();
+        assert!(f.store.put_hashed(&outside, manifest.clone()).is_err());
+        assert!(outside.exists());
+        // The right file: installed and readable, the same id as put_bytes.
+        fs::write(&path, &bytes).unwrap();
+        let r = f.store.put_hashed(&path, manifest).unwrap();
+        assert!(!path.exists(), "consumed");
+        assert_eq!(r, fixture(CHUNK, u64::MAX).store.put_bytes(&bytes).unwrap());
+        assert_eq!(read_all(&f.store, &r.id, r.size), bytes);
     }
 
     #[test]
