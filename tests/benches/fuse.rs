@@ -14,8 +14,9 @@
 //! 6. cold sequential read of a 512 MiB file held only by another region
 //!    (`on-demand`, fetched over loopback gRPC, verified chunk by chunk).
 //!
-//! `GEOSYNC_BENCH_QUICK=1` divides the sizes by ~10. Without `--bench` the
-//! binary prints "skipped" and exits.
+//! `GEOSYNC_BENCH_QUICK=1` divides the sizes by ~10; `GEOSYNC_BENCH_ONLY=cold`
+//! (or `io`, `small`, `stat`, comma-separated) runs only those sections.
+//! Without `--bench` the binary prints "skipped" and exits.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -151,6 +152,12 @@ fn list(dir: &Path) -> BenchResult<(Duration, usize)> {
     Ok((start.elapsed(), n))
 }
 
+/// Whether the section `name` runs (`GEOSYNC_BENCH_ONLY`, default all).
+fn wanted(name: &str) -> bool {
+    std::env::var("GEOSYNC_BENCH_ONLY")
+        .map_or(true, |only| only.split(',').any(|o| o.trim() == name))
+}
+
 async fn run(s: &Sizes, quick: bool) -> BenchResult {
     let total = Instant::now();
     println!(
@@ -165,22 +172,50 @@ async fn run(s: &Sizes, quick: bool) -> BenchResult {
     cluster.start_region("eu").await;
     let native = cluster.path().join("native");
     fs::create_dir_all(&native)?;
-    let mount = |cluster: &Cluster, passthrough: bool| -> Mounted {
-        cluster.mount(
-            "eu",
-            MountOptions {
-                passthrough,
-                ..MountOptions::default()
-            },
-        )
-    };
-    let gib = s.big;
+    if wanted("io") {
+        big_io(&cluster, &native, s.big)?;
+    }
+    if wanted("small") {
+        let m = mount(&cluster, true);
+        let native_small = create_small(&native.join("small"), s.small_files)?;
+        let fuse_small = create_small(&m.path().join("small"), s.small_files)?;
+        line(
+            &format!("create + write 4 KiB + close, {} files", s.small_files),
+            s.small_files as f64 / fuse_small.as_secs_f64(),
+            Some(s.small_files as f64 / native_small.as_secs_f64()),
+            "files/s",
+            ">= 10k files/s",
+        );
+    }
+    if wanted("stat") {
+        stat_and_readdir(&cluster, &native, s.stat_files)?;
+    }
+    if wanted("cold") {
+        cold_read(&mut cluster, s.cold).await?;
+    }
+    cluster.shutdown().await;
+    println!("  total {:.1} s", total.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn mount(cluster: &Cluster, passthrough: bool) -> Mounted {
+    cluster.mount(
+        "eu",
+        MountOptions {
+            passthrough,
+            ..MountOptions::default()
+        },
+    )
+}
+
+/// Figures 1 and 2: a big file written with fsync, then re-read hot.
+fn big_io(cluster: &Cluster, native: &Path, gib: usize) -> BenchResult {
     let data = pattern(gib);
 
     // 2. Sequential write with fsync (first: it also makes the read file).
     let native_big = native.join("big.bin");
     let native_w = write_big(&native_big, &data, true)?;
-    let m = mount(&cluster, true);
+    let m = mount(cluster, true);
     let fuse_big = m.path().join("big.bin");
     let fuse_w = write_big(&fuse_big, &data, true)?;
     let passthrough = m.passthrough();
@@ -193,7 +228,7 @@ async fn run(s: &Sizes, quick: bool) -> BenchResult {
     let (pt_r, n) = read_all(&fuse_big)?;
     assert_eq!(n as usize, gib);
     drop(m);
-    let m = mount(&cluster, false);
+    let m = mount(cluster, false);
     let fuse_big = m.path().join("big.bin");
     read_all(&fuse_big)?;
     let (daemon_r, n) = read_all(&fuse_big)?;
@@ -227,19 +262,11 @@ async fn run(s: &Sizes, quick: bool) -> BenchResult {
         ">= 70 %",
     );
 
-    // 3. create + write 4 KiB + close.
-    let m = mount(&cluster, true);
-    let native_small = create_small(&native.join("small"), s.small_files)?;
-    let fuse_small = create_small(&m.path().join("small"), s.small_files)?;
-    line(
-        &format!("create + write 4 KiB + close, {} files", s.small_files),
-        s.small_files as f64 / fuse_small.as_secs_f64(),
-        Some(s.small_files as f64 / native_small.as_secs_f64()),
-        "files/s",
-        ">= 10k files/s",
-    );
+    Ok(())
+}
 
-    // 4. and 5. stat and readdir of many files (made through the namespace).
+/// Figures 4 and 5: stat and readdir of many files (made through the namespace).
+fn stat_and_readdir(cluster: &Cluster, native: &Path, files: usize) -> BenchResult {
     let ns = &cluster.region("eu").engine().namespace;
     let dir = ns.create(
         geosync_core::model::NodeId::ROOT,
@@ -248,7 +275,7 @@ async fn run(s: &Sizes, quick: bool) -> BenchResult {
     )?;
     let native_many = native.join("many");
     fs::create_dir_all(&native_many)?;
-    for i in 0..s.stat_files {
+    for i in 0..files {
         let name = format!("f{i:06}");
         ns.create(
             dir.id,
@@ -258,27 +285,26 @@ async fn run(s: &Sizes, quick: bool) -> BenchResult {
         File::create(native_many.join(&name))?;
     }
     ns.sync()?;
-    drop(m);
     let dropped = drop_caches();
-    let m = mount(&cluster, true);
+    let m = mount(cluster, true);
     let (fuse_ls, n) = list(&m.path().join("many"))?;
-    assert_eq!(n, s.stat_files);
+    assert_eq!(n, files);
     drop(m);
     drop_caches();
-    let m = mount(&cluster, true);
-    let fuse_cold = stat_all(&m.path().join("many"), s.stat_files)?;
-    let fuse_hot = stat_all(&m.path().join("many"), s.stat_files)?;
+    let m = mount(cluster, true);
+    let fuse_cold = stat_all(&m.path().join("many"), files)?;
+    let fuse_hot = stat_all(&m.path().join("many"), files)?;
     drop_caches();
     let (native_ls, _) = list(&native_many)?;
     drop_caches();
-    let native_cold = stat_all(&native_many, s.stat_files)?;
-    let native_hot = stat_all(&native_many, s.stat_files)?;
+    let native_cold = stat_all(&native_many, files)?;
+    let native_hot = stat_all(&native_many, files)?;
     drop(m);
-    let per_s = |t: Duration| s.stat_files as f64 / t.as_secs_f64();
+    let per_s = |t: Duration| files as f64 / t.as_secs_f64();
     line(
         &format!(
             "stat of {} files, cold{}",
-            s.stat_files,
+            files,
             if dropped { "" } else { " (caches NOT dropped)" }
         ),
         per_s(fuse_cold),
@@ -287,7 +313,7 @@ async fn run(s: &Sizes, quick: bool) -> BenchResult {
         ">= 50k/s",
     );
     line(
-        &format!("stat of {} files, cached", s.stat_files),
+        &format!("stat of {} files, cached", files),
         per_s(fuse_hot),
         Some(per_s(native_hot)),
         "stat/s",
@@ -295,41 +321,43 @@ async fn run(s: &Sizes, quick: bool) -> BenchResult {
     );
     println!(
         "  {:<58} {:>10.3} s     native {:>10.3} s            goal <= 1 s",
-        format!("readdir of {} entries (fresh mount)", s.stat_files),
+        format!("readdir of {} entries (fresh mount)", files),
         fuse_ls.as_secs_f64(),
         native_ls.as_secs_f64()
     );
 
-    // 6. Cold sequential read from another region.
+    Ok(())
+}
+
+/// Figure 6: a cold sequential read of a file only another region holds.
+async fn cold_read(cluster: &mut Cluster, size: usize) -> BenchResult {
     cluster.sync = SyncConfig {
         default: SyncStrategy::OnDemand,
         rules: Vec::new(),
     };
     cluster.start_region("us").await;
-    let eu = mount(&cluster, true);
+    let eu = mount(cluster, true);
     let us = cluster.mount("us", MountOptions::default());
-    let cold = pattern(s.cold);
+    let cold = pattern(size);
     write_big(&eu.path().join("cold.bin"), &cold, true)?;
     let theirs: PathBuf = us.path().join("cold.bin");
     let arrived = wait_until(Duration::from_secs(60), || {
-        fs::metadata(&theirs).is_ok_and(|m| m.len() == s.cold as u64)
+        fs::metadata(&theirs).is_ok_and(|m| m.len() == size as u64)
     });
     assert!(arrived, "the cold file's metadata reached us");
     let (t, n) = read_all(&theirs)?;
-    assert_eq!(n as usize, s.cold);
+    assert_eq!(n as usize, size);
     assert_eq!(fs::read(&theirs)?, cold, "verified bytes");
     line(
         &format!(
             "cold sequential read from another region, {} MiB",
-            s.cold / MIB
+            size / MIB
         ),
-        mbps(s.cold, t),
+        mbps(size, t),
         None,
         "MB/s",
         ">= 500 MB/s",
     );
     drop((eu, us));
-    cluster.shutdown().await;
-    println!("  total {:.1} s", total.elapsed().as_secs_f64());
     Ok(())
 }

@@ -52,6 +52,10 @@ pub const MAX_FETCH_INDEXES: usize = 1024;
 /// Chunks fetched ahead of a sequential read, by default.
 pub const DEFAULT_READ_AHEAD_CHUNKS: u32 = 2;
 
+/// How often a read waiting on a background read-ahead looks again even
+/// without a wake-up.
+const READ_AHEAD_POLL: Duration = Duration::from_millis(20);
+
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -357,6 +361,9 @@ struct Inner {
     fetching: FetchLocks,
     /// Contents with a background read-ahead under way (one at a time each).
     reading_ahead: Mutex<HashSet<ContentId>>,
+    /// Woken whenever a fetched chunk is stored: a read that a background
+    /// read-ahead is about to satisfy waits for its chunks, not for the batch.
+    stored: tokio::sync::Notify,
 }
 
 /// Fetches cold chunks from the regions that hold them (see the module docs).
@@ -393,6 +400,7 @@ impl RemoteChunks {
                 reads: Mutex::new(HashMap::new()),
                 fetching: Mutex::new(HashMap::new()),
                 reading_ahead: Mutex::new(HashSet::new()),
+                stored: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -429,6 +437,12 @@ impl ChunkSource for RemoteChunks {
                 Ok(())
             }
             Ok(_) | Err(Error::ContentNotFound { .. }) => {
+                if inner.read_ahead_delivers(id, &range).await {
+                    if sequential && inner.read_ahead() > 0 {
+                        inner.read_ahead_in_background(id, range.end, chunk_size);
+                    }
+                    return Ok(());
+                }
                 inner.fetch_range(id, range, sequential).await
             }
             Err(e) => Err(e),
@@ -470,6 +484,27 @@ impl Inner {
     fn missing_ahead(&self, id: &ContentId, end: u64, chunk_size: u32) -> Result<Vec<u32>> {
         self.content
             .missing_chunks(id, self.window(end, chunk_size))
+    }
+
+    /// While a background read-ahead of `id` runs, waits for the chunks of
+    /// `range` to arrive one by one (instead of for the whole batch). True if
+    /// they all did; false when there is no read-ahead or it ended without them.
+    async fn read_ahead_delivers(&self, id: ContentId, range: &Range<u64>) -> bool {
+        loop {
+            let stored = self.stored.notified();
+            if self
+                .content
+                .missing_chunks(&id, range.clone())
+                .is_ok_and(|m| m.is_empty())
+            {
+                return true;
+            }
+            if !lock(&self.reading_ahead).contains(&id) {
+                return false;
+            }
+            // A bounded wait: the read-ahead may end without a final chunk.
+            let _ = tokio::time::timeout(READ_AHEAD_POLL, stored).await;
+        }
     }
 
     /// Waits for this task's turn to fetch chunks of `id`. Cancel-safe.
@@ -763,6 +798,7 @@ impl Inner {
             match stored {
                 Ok(()) => {
                     missing.remove(&index);
+                    self.stored.notify_waiters();
                 }
                 Err(Error::ChunkHashMismatch { .. }) => {
                     return Err(FetchError::Peer(format!(
