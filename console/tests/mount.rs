@@ -116,7 +116,12 @@ fn ready(mount: &Path) -> bool {
 /// The bytes of piece `p` of file `name`.
 fn piece(name: &str, p: usize) -> Vec<u8> {
     let line = format!("{name} piece {p}\n");
-    line.as_bytes().iter().copied().cycle().take(PIECE).collect()
+    line.as_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(PIECE)
+        .collect()
 }
 
 fn full(name: &str) -> Vec<u8> {
@@ -161,7 +166,8 @@ fn a_killed_region_keeps_fsynced_files_and_never_replicates_a_partial_version() 
     let mut eu = spawn(&eu_args, Some(&eu_mount), &dir.join("eu.log"));
     let _us = spawn(&us_args, Some(&us_mount), &dir.join("us.log"));
     assert!(
-        wait_until(Duration::from_secs(30), || ready(&eu_mount) && ready(&us_mount)),
+        wait_until(Duration::from_secs(30), || ready(&eu_mount)
+            && ready(&us_mount)),
         "both regions mounted and ready: {}",
         fs::read_to_string(dir.join("eu.log")).unwrap_or_default()
     );
@@ -233,8 +239,10 @@ fn a_killed_region_keeps_fsynced_files_and_never_replicates_a_partial_version() 
     );
     // The mount works for new writes after the restart.
     write_file(&eu_mount, "after", true, Duration::ZERO).expect("write after restart");
-    assert!(wait_until(Duration::from_secs(30), || fs::read(us_mount.join("after"))
-        .is_ok_and(|d| d == full("after"))));
+    assert!(wait_until(Duration::from_secs(30), || fs::read(
+        us_mount.join("after")
+    )
+    .is_ok_and(|d| d == full("after"))));
     stop.store(true, Ordering::Relaxed);
     let partial = watcher.join().expect("watcher");
     assert!(partial.is_empty(), "us saw partial versions: {partial:?}");

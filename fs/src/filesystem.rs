@@ -606,6 +606,28 @@ impl GeoFs {
         }
         self.node(parent)
     }
+
+    /// Creates `name` in `parent`, owned by the caller.
+    fn make(&self, req: &Request, parent: INodeNo, name: &[u8], new: NewNode) -> Res<NodeView> {
+        let dir = self.check_writable_parent(parent, name)?;
+        let new = NewNode {
+            uid: req.uid(),
+            gid: req.gid(),
+            ..new
+        };
+        self.own(|| self.engine().namespace.create(dir, name, new))
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, parent: INodeNo, name: &[u8], made: Res<NodeView>) {
+        match made {
+            Ok(view) => reply.entry(
+                &self.ttl,
+                &self.entry_of(parent.0, name, &view),
+                Generation(0),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` (short only at end of file).
@@ -759,22 +781,13 @@ impl fuser::Filesystem for GeoFs {
         reply: ReplyEntry,
     ) {
         let name = name_bytes(name);
-        let result = self.check_writable_parent(parent, name).and_then(|dir| {
-            let new = NewNode {
-                uid: req.uid(),
-                gid: req.gid(),
-                ..NewNode::directory(mode & !umask & 0o7777)
-            };
-            self.own(|| self.engine().namespace.create(dir, name, new))
-        });
-        match result {
-            Ok(view) => reply.entry(
-                &self.ttl,
-                &self.entry_of(parent.0, name, &view),
-                Generation(0),
-            ),
-            Err(e) => reply.error(e),
-        }
+        let made = self.make(
+            req,
+            parent,
+            name,
+            NewNode::directory(mode & !umask & 0o7777),
+        );
+        self.reply_entry(reply, parent, name, made)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -814,22 +827,13 @@ impl fuser::Filesystem for GeoFs {
         reply: ReplyEntry,
     ) {
         let name = name_bytes(link_name);
-        let result = self.check_writable_parent(parent, name).and_then(|dir| {
-            let new = NewNode {
-                uid: req.uid(),
-                gid: req.gid(),
-                ..NewNode::symlink(target.as_os_str().as_bytes())
-            };
-            self.own(|| self.engine().namespace.create(dir, name, new))
-        });
-        match result {
-            Ok(view) => reply.entry(
-                &self.ttl,
-                &self.entry_of(parent.0, name, &view),
-                Generation(0),
-            ),
-            Err(e) => reply.error(e),
-        }
+        let made = self.make(
+            req,
+            parent,
+            name,
+            NewNode::symlink(target.as_os_str().as_bytes()),
+        );
+        self.reply_entry(reply, parent, name, made)
     }
 
     fn rename(
@@ -921,15 +925,7 @@ impl fuser::Filesystem for GeoFs {
         reply: ReplyCreate,
     ) {
         let name = name_bytes(name);
-        let result = self.check_writable_parent(parent, name).and_then(|dir| {
-            let new = NewNode {
-                uid: req.uid(),
-                gid: req.gid(),
-                ..NewNode::file(mode & !umask & 0o7777)
-            };
-            self.own(|| self.engine().namespace.create(dir, name, new))
-        });
-        let view = match result {
+        let view = match self.make(req, parent, name, NewNode::file(mode & !umask & 0o7777)) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };

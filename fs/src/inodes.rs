@@ -47,6 +47,20 @@ struct Maps {
     next: u64,
 }
 
+impl Maps {
+    /// The number of `inode`, handing out the next one on first sight.
+    fn assign(&mut self, inode: Inode) -> u64 {
+        if let Some(ino) = self.by_inode.get(&inode) {
+            return *ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_ino.insert(ino, inode.clone());
+        self.by_inode.insert(inode, ino);
+        ino
+    }
+}
+
 /// The two-way map between inode numbers and what they stand for.
 pub struct Inodes {
     maps: RwLock<Maps>,
@@ -86,15 +100,10 @@ impl Inodes {
         if let Some(ino) = self.read().by_inode.get(&inode) {
             return *ino;
         }
-        let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(ino) = maps.by_inode.get(&inode) {
-            return *ino;
-        }
-        let ino = maps.next;
-        maps.next += 1;
-        maps.by_ino.insert(ino, inode.clone());
-        maps.by_inode.insert(inode, ino);
-        ino
+        self.maps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .assign(inode)
     }
 
     /// The inode number of a namespace node.
@@ -107,17 +116,7 @@ impl Inodes {
         let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
         nodes
             .iter()
-            .map(|node| {
-                let inode = Inode::Node(*node);
-                if let Some(ino) = maps.by_inode.get(&inode) {
-                    return *ino;
-                }
-                let ino = maps.next;
-                maps.next += 1;
-                maps.by_ino.insert(ino, inode.clone());
-                maps.by_inode.insert(inode, ino);
-                ino
-            })
+            .map(|node| maps.assign(Inode::Node(*node)))
             .collect()
     }
 

@@ -309,6 +309,28 @@ impl Cluster {
         self.root.path()
     }
 
+    /// Starts regions eu and us with `conflicts`, writes `/name` as `base`
+    /// everywhere, then writes it concurrently: `eu_text` in eu, and `us_text`
+    /// in us while us is disconnected (so later in time). Returns when us is
+    /// running again, before convergence.
+    pub async fn concurrent_writes(
+        conflicts: ConflictConfig,
+        name: &str,
+        base: &[u8],
+        eu_text: &[u8],
+        us_text: &[u8],
+    ) -> Cluster {
+        let mut cluster = Cluster::start_with(&["eu", "us"], conflicts).await;
+        let eu = cluster.region("eu").engine().clone();
+        put(&eu, NodeId::ROOT, name, base);
+        cluster.converged().await.expect("first sync");
+        cluster.stop_region("us").await;
+        put(&eu, NodeId::ROOT, name, eu_text);
+        cluster.offline("us", |offline| put(offline, NodeId::ROOT, name, us_text));
+        cluster.start_region("us").await;
+        cluster
+    }
+
     /// Mounts a running region with FUSE at `<root>/mnt/<name>`. The mount is
     /// unmounted when the returned guard drops (also when a test panics): keep
     /// it declared after the cluster so it drops first. Call from a

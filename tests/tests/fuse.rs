@@ -17,9 +17,8 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use geosync_core::config::{StrategyName, SyncStrategy};
-use geosync_core::model::NodeId;
 use geosync_core::namespace::ConflictChoice;
-use geosync_tests::{Cluster, MountOptions, SETTLE, put, wait_until};
+use geosync_tests::{Cluster, MountOptions, SETTLE, wait_until};
 
 fn errno_of(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
     r.expect_err("the call must fail")
@@ -753,16 +752,14 @@ async fn conflict_versions_show_under_the_control_directory() {
         default: StrategyName::Manual,
         ..Default::default()
     };
-    let mut cluster = Cluster::start_with(&["eu", "us"], manual).await;
-    let eu_engine = cluster.region("eu").engine().clone();
-    put(&eu_engine, NodeId::ROOT, "doc.txt", b"base\n");
-    cluster.converged().await.expect("first sync");
-    cluster.stop_region("us").await;
-    put(&eu_engine, NodeId::ROOT, "doc.txt", b"line\nfrom eu\n");
-    cluster.offline("us", |offline| {
-        put(offline, NodeId::ROOT, "doc.txt", b"line\nfrom us\n")
-    });
-    cluster.start_region("us").await;
+    let cluster = Cluster::concurrent_writes(
+        manual,
+        "doc.txt",
+        b"base\n",
+        b"line\nfrom eu\n",
+        b"line\nfrom us\n",
+    )
+    .await;
     cluster.converged().await.expect("both versions everywhere");
     let mount = cluster.mount("us", MountOptions::default());
     let node = cluster.ns("us").resolve(b"/doc.txt").unwrap().id;

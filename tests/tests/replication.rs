@@ -390,17 +390,7 @@ async fn eager_content_is_replicated_without_a_read() {
 /// Makes eu and us write `/doc.txt` concurrently (us while disconnected, so
 /// after eu in time) and returns the converged cluster.
 async fn concurrent_writes(conflicts: geosync_core::config::ConflictConfig) -> Cluster {
-    let mut cluster = Cluster::start_with(&["eu", "us"], conflicts).await;
-    let eu = cluster.region("eu").engine().clone();
-    put(&eu, NodeId::ROOT, "doc.txt", b"base");
-    cluster.converged().await.expect("first sync");
-    cluster.stop_region("us").await;
-    put(&eu, NodeId::ROOT, "doc.txt", b"from eu");
-    cluster.offline("us", |offline| {
-        put(offline, NodeId::ROOT, "doc.txt", b"from us")
-    });
-    cluster.start_region("us").await;
-    cluster
+    Cluster::concurrent_writes(conflicts, "doc.txt", b"base", b"from eu", b"from us").await
 }
 
 /// What every region shows: path -> file content.
