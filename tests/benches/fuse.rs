@@ -126,11 +126,13 @@ fn line(what: &str, ours: f64, native: Option<f64>, unit: &str, goal: &str) {
     }
 }
 
+/// Creates `n` files of 4 KiB, each with its own content (no deduplication).
 fn create_small(dir: &Path, n: usize) -> BenchResult<Duration> {
     fs::create_dir_all(dir)?;
-    let block = [7u8; 4096];
+    let mut block = [7u8; 4096];
     let start = Instant::now();
     for i in 0..n {
+        block[..8].copy_from_slice(&(i as u64).to_le_bytes());
         let mut f = File::create(dir.join(format!("f{i:06}")))?;
         f.write_all(&block)?;
     }
@@ -176,16 +178,31 @@ async fn run(s: &Sizes, quick: bool) -> BenchResult {
         big_io(&cluster, &native, s.big)?;
     }
     if wanted("small") {
+        let n = s.small_files;
         let m = mount(&cluster, true);
-        let native_small = create_small(&native.join("small"), s.small_files)?;
-        let fuse_small = create_small(&m.path().join("small"), s.small_files)?;
+        let native_small = create_small(&native.join("small"), n)?;
+        let fuse_small = create_small(&m.path().join("small"), n)?;
         line(
-            &format!("create + write 4 KiB + close, {} files", s.small_files),
-            s.small_files as f64 / fuse_small.as_secs_f64(),
-            Some(s.small_files as f64 / native_small.as_secs_f64()),
+            &format!("create + write 4 KiB + close, {n} files"),
+            n as f64 / fuse_small.as_secs_f64(),
+            Some(n as f64 / native_small.as_secs_f64()),
             "files/s",
             ">= 10k files/s",
         );
+        // The same with the coordinator stopped: the mount and the region's
+        // commits alone, without the pushes, the coordinator's durable log
+        // and the echo being applied, which share these two cores here.
+        cluster.stop_coordinator().await;
+        let alone = create_small(&m.path().join("small-alone"), n)?;
+        line(
+            "  the same, coordinator stopped (events wait in the queue)",
+            n as f64 / alone.as_secs_f64(),
+            Some(n as f64 / native_small.as_secs_f64()),
+            "files/s",
+            "",
+        );
+        drop(m);
+        cluster.restart_coordinator(false).await;
     }
     if wanted("stat") {
         stat_and_readdir(&cluster, &native, s.stat_files)?;
