@@ -34,6 +34,9 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// The control tree changes behind the kernel's back: never cached.
 const CONTROL_TTL: Duration = Duration::ZERO;
 
+/// How long a writer's open waits for passthrough readers' pending releases.
+const RELEASE_GRACE: Duration = Duration::from_millis(200);
+
 /// Entries whose attributes `readdirplus` reads in one transaction.
 const READDIRPLUS_PAGE: usize = 128;
 
@@ -380,6 +383,16 @@ impl GeoFs {
         }
         let state = self.open.attach(id, || view.meta.content);
         let mut s = lock(&state);
+        if write && s.passthrough_handles > 0 {
+            // The kernel sends RELEASE after close returns: readers that just
+            // closed may still count here for a moment.
+            drop(s);
+            let deadline = std::time::Instant::now() + RELEASE_GRACE;
+            while lock(&state).passthrough_handles > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            s = lock(&state);
+        }
         if trunc && write {
             if let Some(old) = s.staging.take() {
                 let _ = std::fs::remove_file(&old.path);
@@ -925,14 +938,52 @@ impl fuser::Filesystem for GeoFs {
         reply: ReplyCreate,
     ) {
         let name = name_bytes(name);
-        let view = match self.make(req, parent, name, NewNode::file(mode & !umask & 0o7777)) {
+        let made = match self.make(req, parent, name, NewNode::file(mode & !umask & 0o7777)) {
+            // Created meanwhile by someone else: without O_EXCL, open it.
+            Err(Errno::EEXIST)
+                if flags & libc::O_EXCL == 0 && !Self::is_control_name(parent, name) =>
+            {
+                self.node(parent)
+                    .and_then(|dir| {
+                        self.engine()
+                            .namespace
+                            .lookup(dir, name)
+                            .map_err(|e| errno(&e))
+                    })
+                    .and_then(|v| match v.meta.kind {
+                        NodeKind::File => Ok(v),
+                        NodeKind::Directory => Err(Errno::EISDIR),
+                        NodeKind::Symlink => Err(Errno::EEXIST),
+                    })
+            }
+            other => other,
+        };
+        let view = match made {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
         let attr = self.entry_of(parent.0, name, &view);
         let write = OpenFlags(flags).acc_mode() != OpenAccMode::O_RDONLY;
-        let state = self.open.attach(view.id, || None);
-        lock(&state).cached_handles += 1;
+        let state = self.open.attach(view.id, || view.meta.content);
+        {
+            let mut s = lock(&state);
+            if s.passthrough_handles > 0 {
+                drop(s);
+                self.open.detach(view.id);
+                return reply.error(Errno::ETXTBSY);
+            }
+            if write && flags & libc::O_TRUNC != 0 && view.meta.size > 0 {
+                if let Some(old) = s.staging.take() {
+                    let _ = std::fs::remove_file(&old.path);
+                }
+                if let Err(e) = self.stage(&mut s, true) {
+                    drop(s);
+                    self.open.detach(view.id);
+                    return reply.error(errno(&e));
+                }
+            }
+            s.cached_handles += 1;
+        }
         let fh = self.open.insert(Handle {
             node: view.id,
             ino: attr.ino.0,
