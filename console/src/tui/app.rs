@@ -119,6 +119,14 @@ pub enum ContentState {
     Failed(String),
 }
 
+/// The filtered conflict list and what it was computed from.
+#[derive(Debug, Clone, Default)]
+struct ConflictView {
+    indexes: Vec<usize>,
+    filter: String,
+    generation: u64,
+}
+
 /// A selection that survives refreshes: it follows its item's stable key and
 /// only falls back to the row number when the item went away.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -128,15 +136,24 @@ pub struct Selection<K> {
 }
 
 impl<K: Clone + PartialEq> Selection<K> {
-    /// The selected row among `keys`, if any row exists.
-    pub fn resolve(&self, keys: &[K]) -> Option<usize> {
-        if keys.is_empty() {
+    /// The selected row among `len` rows whose keys `key_at` gives, if any
+    /// row exists.
+    pub fn resolve_with<'a>(&self, len: usize, key_at: impl Fn(usize) -> &'a K) -> Option<usize>
+    where
+        K: 'a,
+    {
+        if len == 0 {
             return None;
         }
         self.key
             .as_ref()
-            .and_then(|k| keys.iter().position(|x| x == k))
-            .or(Some(self.index.min(keys.len() - 1)))
+            .and_then(|k| (0..len).find(|&i| key_at(i) == k))
+            .or(Some(self.index.min(len - 1)))
+    }
+
+    /// The selected row among `keys`, if any row exists.
+    pub fn resolve(&self, keys: &[K]) -> Option<usize> {
+        self.resolve_with(keys.len(), |i| &keys[i])
     }
 
     /// The selected key among `keys`, if any row exists.
@@ -145,13 +162,21 @@ impl<K: Clone + PartialEq> Selection<K> {
     }
 
     /// Moves by `delta` rows (clamped) and remembers the new row's key.
-    pub fn step(&mut self, keys: &[K], delta: isize) {
-        let Some(i) = self.resolve(keys) else {
+    pub fn step_with<'a>(&mut self, len: usize, key_at: impl Fn(usize) -> &'a K, delta: isize)
+    where
+        K: 'a,
+    {
+        let Some(i) = self.resolve_with(len, &key_at) else {
             return;
         };
-        let last = keys.len() as isize - 1;
-        let j = (i as isize + delta).clamp(0, last) as usize;
-        self.select(keys, j);
+        let j = (i as isize + delta).clamp(0, len as isize - 1) as usize;
+        self.key = Some(key_at(j).clone());
+        self.index = j;
+    }
+
+    /// Moves by `delta` rows among `keys`.
+    pub fn step(&mut self, keys: &[K], delta: isize) {
+        self.step_with(keys.len(), |i| &keys[i], delta);
     }
 
     /// Selects a row by number.
@@ -180,6 +205,9 @@ pub struct App {
     sampled_head: Option<u64>,
     /// The open conflicts, oldest first.
     pub conflicts: Vec<v1::Conflict>,
+    /// Bumped whenever `conflicts` is replaced.
+    conflicts_generation: u64,
+    conflict_view: ConflictView,
     pub conflicts_error: Option<String>,
     /// `(head, open count)` of the cluster view the conflict list matches.
     conflicts_as_of: Option<(u64, u64)>,
@@ -224,6 +252,8 @@ impl App {
             throughput: VecDeque::new(),
             sampled_head: None,
             conflicts: Vec::new(),
+            conflicts_generation: 0,
+            conflict_view: ConflictView::default(),
             conflicts_error: None,
             conflicts_as_of: None,
             conflicts_loading: false,
@@ -275,12 +305,27 @@ impl App {
             .collect()
     }
 
-    /// The conflicts the Conflicts view shows (filtered), as indexes.
-    pub fn visible_conflicts(&self) -> Vec<usize> {
-        let f = self.filter(View::Conflicts).to_lowercase();
-        (0..self.conflicts.len())
-            .filter(|&i| conflict_matches(&self.conflicts[i], &f))
-            .collect()
+    /// The conflicts the Conflicts view shows (filtered), as indexes. Kept
+    /// up to date by [`App::update`]: with thousands of conflicts, filtering
+    /// on every frame would cost more than drawing it.
+    pub fn visible_conflicts(&self) -> &[usize] {
+        &self.conflict_view.indexes
+    }
+
+    fn refresh_conflict_view(&mut self) {
+        let filter = self.filter(View::Conflicts).to_lowercase();
+        if self.conflict_view.filter == filter
+            && self.conflict_view.generation == self.conflicts_generation
+        {
+            return;
+        }
+        self.conflict_view = ConflictView {
+            indexes: (0..self.conflicts.len())
+                .filter(|&i| conflict_matches(&self.conflicts[i], &filter))
+                .collect(),
+            filter,
+            generation: self.conflicts_generation,
+        };
     }
 
     /// The queue items the Queues view shows (filtered), as indexes.
@@ -323,12 +368,6 @@ impl App {
             .collect()
     }
 
-    fn conflict_keys(&self) -> Vec<String> {
-        self.visible_conflicts()
-            .into_iter()
-            .map(|i| self.conflicts[i].id.clone())
-            .collect()
-    }
 
     fn item_keys(&self) -> Vec<u64> {
         self.visible_items()
@@ -346,9 +385,14 @@ impl App {
 
     /// The conflict selected in the Conflicts view.
     pub fn selected_conflict(&self) -> Option<&v1::Conflict> {
-        let keys = self.conflict_keys();
-        let id = self.conflict_sel.current(&keys)?;
-        self.conflicts.iter().find(|c| &c.id == id)
+        let row = self.selected_conflict_row()?;
+        Some(&self.conflicts[self.visible_conflicts()[row]])
+    }
+
+    fn selected_conflict_row(&self) -> Option<usize> {
+        let visible = self.visible_conflicts();
+        self.conflict_sel
+            .resolve_with(visible.len(), |i| &self.conflicts[visible[i]].id)
     }
 
     /// The queue item selected in the Queues view.
@@ -362,7 +406,7 @@ impl App {
     pub fn selected_row(&self, view: View) -> Option<usize> {
         match view {
             View::Overview => self.region_sel.resolve(&self.region_keys()),
-            View::Conflicts => self.conflict_sel.resolve(&self.conflict_keys()),
+            View::Conflicts => self.selected_conflict_row(),
             View::Queues => self.item_sel.resolve(&self.item_keys()),
             _ => None,
         }
@@ -388,6 +432,13 @@ impl App {
 
     /// Applies an action; returns what the backend should do.
     pub fn update(&mut self, action: Action) -> Vec<Request> {
+        let requests = self.apply(action);
+        self.refresh_conflict_view();
+        requests
+    }
+
+    fn apply(&mut self, action: Action) -> Vec<Request> {
+        self.refresh_conflict_view();
         match action {
             Action::Quit => {
                 self.quit = true;
@@ -483,6 +534,8 @@ impl App {
                 match result {
                     Ok(list) => {
                         self.conflicts = list;
+                        self.conflicts_generation += 1;
+                        self.refresh_conflict_view();
                         self.conflicts_error = None;
                         self.conflicts_as_of =
                             self.cluster.as_ref().map(|c| (c.head, c.conflicts_open));
@@ -637,10 +690,12 @@ impl App {
                 self.item_sel.step(&keys, delta);
             }
             View::Conflicts => {
-                let keys = self.conflict_keys();
-                let before = self.conflict_sel.current(&keys).cloned();
-                self.conflict_sel.step(&keys, delta);
-                if self.conflict_sel.current(&keys).cloned() != before {
+                let before = self.selected_conflict().map(|c| c.id.clone());
+                let visible = &self.conflict_view.indexes;
+                let conflicts = &self.conflicts;
+                self.conflict_sel
+                    .step_with(visible.len(), |i| &conflicts[visible[i]].id, delta);
+                if self.selected_conflict().map(|c| c.id.clone()) != before {
                     self.version_sel = 0;
                 }
                 return self.contents_wanted();
@@ -735,6 +790,7 @@ impl App {
     }
 
     fn after_filter_change(&mut self) -> Vec<Request> {
+        self.refresh_conflict_view();
         if self.prompt == Some(Prompt::Filter) && self.view == View::Conflicts {
             self.version_sel = 0;
             return self.contents_wanted();
@@ -793,8 +849,8 @@ impl App {
     fn bulk(&mut self, choice: Choice) -> Vec<Request> {
         let chosen: Vec<v1::Conflict> = self
             .visible_conflicts()
-            .into_iter()
-            .map(|i| self.conflicts[i].clone())
+            .iter()
+            .map(|&i| self.conflicts[i].clone())
             .collect();
         let plan = BulkPlan::new(&chosen, &choice);
         let question = format!(
