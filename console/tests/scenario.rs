@@ -192,6 +192,30 @@ async fn an_operator_drops_a_queue_item_after_a_confirmation_naming_it() {
         cluster.ns("us").lookup(NodeId::ROOT, b"drop.txt").is_err(),
         "the dropped change never left eu"
     );
+    // The Events view tails the logged change, and its filter narrows the tail.
+    settle(&mut c, "the change event in the tail", |a| {
+        a.events
+            .iter()
+            .any(|e| e.text.contains("create /keep.txt from eu"))
+    })
+    .await;
+    press(&mut c, KeyCode::Char('5'));
+    press(&mut c, KeyCode::Char('/'));
+    for ch in "keep.txt".chars() {
+        c.key(KeyEvent::new(KeyCode::Char(ch), KeyModifiers::NONE));
+    }
+    press(&mut c, KeyCode::Enter);
+    let shown: Vec<&str> = c
+        .app
+        .visible_events()
+        .into_iter()
+        .map(|i| c.app.events[i].text.as_str())
+        .collect();
+    assert!(
+        !shown.is_empty() && shown.iter().all(|t| t.contains("keep.txt")),
+        "{shown:?}"
+    );
+    assert!(screen(&c.app).contains("filter: /keep.txt"));
     c.shutdown().await;
     cluster.shutdown().await;
 }

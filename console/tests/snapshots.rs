@@ -200,6 +200,27 @@ fn app(view: View) -> App {
         app.update(Action::Cluster(view));
         app.update(Action::Tick(NOW - 16_000 + i as u64 * 2000));
     }
+    let changes = [
+        (
+            1198,
+            v1::ChangeOp::Create,
+            "/photos/2026/beach.jpg",
+            "us",
+            2_400_000,
+        ),
+        (1199, v1::ChangeOp::Update, "/docs/plan.txt", "eu", 41),
+        (1200, v1::ChangeOp::Delete, "/tmp/old.log", "ap", 0),
+    ];
+    for (seq, op, path, origin, size) in changes {
+        app.update(Action::Change(v1::LoggedEvent {
+            seq,
+            op: op as i32,
+            path: path.into(),
+            origin: origin.into(),
+            hlc: None,
+            size,
+        }));
+    }
     app.update(Action::Tick(NOW));
     app.update(Action::Conflicts(Ok(conflicts())));
     app.update(Action::Content {

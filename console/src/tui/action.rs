@@ -234,6 +234,8 @@ pub enum Action {
     Connecting,
     /// A fresh cluster view.
     Cluster(v1::ClusterView),
+    /// A change event the log accepted.
+    Change(v1::LoggedEvent),
     /// The coordinator is unreachable; the backend retries.
     Disconnected(String),
     /// The open conflicts, or why they could not be fetched.

@@ -77,7 +77,7 @@ pub struct Message {
 /// What an event log line is about (the Events filter matches its name too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
-    /// The log's head moved: change events were accepted.
+    /// The log accepted a change event.
     Change,
     /// A region's health, pause state or registration changed.
     Health,
@@ -368,7 +368,6 @@ impl App {
             .collect()
     }
 
-
     fn item_keys(&self) -> Vec<u64> {
         self.visible_items()
             .into_iter()
@@ -521,6 +520,20 @@ impl App {
             Action::Tick(now) => self.tick(now),
             Action::Connecting => Vec::new(),
             Action::Cluster(view) => self.cluster_view(view),
+            Action::Change(e) => {
+                self.log(
+                    EventKind::Change,
+                    format!(
+                        "#{} {} {} from {} ({})",
+                        e.seq,
+                        strings::op_name(e.op),
+                        e.path,
+                        e.origin,
+                        strings::bytes(e.size)
+                    ),
+                );
+                Vec::new()
+            }
             Action::Disconnected(error) => {
                 if !matches!(self.connection, Connection::Disconnected(_)) {
                     self.log(EventKind::Link, format!("coordinator unreachable: {error}"));
@@ -1069,16 +1082,6 @@ impl App {
             self.log(
                 EventKind::Health,
                 format!("new log epoch {} (was {})", new.epoch, old.epoch),
-            );
-        } else if new.head > old.head {
-            self.log(
-                EventKind::Change,
-                format!(
-                    "log head {} -> {} (+{})",
-                    old.head,
-                    new.head,
-                    new.head - old.head
-                ),
             );
         }
         for r in &new.regions {

@@ -52,6 +52,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let watch = tokio::spawn(watch(channel.clone(), actions.clone(), cancel.clone()));
+    let tail = tokio::spawn(tail_events(
+        channel.clone(),
+        actions.clone(),
+        cancel.clone(),
+    ));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -65,6 +70,45 @@ pub async fn run(
     }
     cancel.cancel();
     let _ = watch.await;
+    let _ = tail.await;
+}
+
+/// Keeps an event watch open: each logged change event becomes an action.
+/// The cluster watch reports the link's state, so failures here only wait
+/// and retry; events logged while no watch was open are not replayed.
+async fn tail_events(
+    channel: Channel,
+    actions: mpsc::UnboundedSender<Action>,
+    cancel: CancellationToken,
+) {
+    let mut client = admin(channel);
+    loop {
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.watch_events(v1::WatchEventsRequest { after: None }) => r,
+        };
+        if let Ok(response) = opened {
+            let mut stream = response.into_inner();
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = stream.next() => n,
+                };
+                match next {
+                    Some(Ok(event)) => {
+                        if actions.send(Action::Change(event)).is_err() {
+                            return;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(MAX_BACKOFF) => {}
+        }
+    }
 }
 
 /// Keeps a cluster watch open; reports views, and disconnections with retries.
