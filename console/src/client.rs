@@ -80,6 +80,7 @@ pub fn status_json(view: &v1::ClusterView) -> serde_json::Value {
                 "lag_seconds": r.lag_seconds,
                 "queue": {"pending": q.pending, "inflight": q.inflight, "retrying": q.retrying, "dead": q.dead},
                 "clock_drift_ms": r.clock_drift_ms,
+                "paused": r.paused,
             })
         }).collect::<Vec<_>>(),
     })
