@@ -169,21 +169,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// A sparkline of the samples scaled to their maximum, `width` characters
-/// wide (the newest samples, right-aligned).
+/// The smallest full scale of a sparkline, so that a lag of one or two
+/// events does not draw full bars.
+pub const SPARKLINE_MIN_SCALE: u64 = 8;
+
+/// A sparkline of the samples scaled to their maximum (at least
+/// [`SPARKLINE_MIN_SCALE`]), `width` characters wide (the newest samples,
+/// right-aligned; zero is blank).
 pub fn sparkline(samples: impl DoubleEndedIterator<Item = u64> + Clone, width: usize) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let mut tail: Vec<u64> = samples.rev().take(width).collect();
     tail.reverse();
-    let max = tail.iter().copied().max().unwrap_or(0);
+    let max = tail
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(SPARKLINE_MIN_SCALE);
     let mut out = " ".repeat(width.saturating_sub(tail.len()));
     for v in tail {
-        let level = if max == 0 {
-            0
-        } else {
-            ((v as f64 / max as f64) * 7.0).round() as usize
-        };
-        out.push(if v == 0 { ' ' } else { BARS[level.clamp(1, 7)] });
+        // Eighths of the scale, rounded up: any non-zero sample shows.
+        let level = (v.min(max) * 8).div_ceil(max).saturating_sub(1) as usize;
+        out.push(if v == 0 { ' ' } else { BARS[level.min(7)] });
     }
     out
 }
@@ -201,6 +208,11 @@ mod tests {
         assert_eq!(drift(-1500), "-1.5s");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(when(10_000, 13_000), "in 3s");
-        assert_eq!(sparkline([0, 1, 2].into_iter(), 5), "   ▅█");
+        assert_eq!(sparkline([0, 1, 16].into_iter(), 5), "   ▁█");
+        assert_eq!(
+            sparkline([1, 2].into_iter(), 2),
+            "▁▂",
+            "small lags stay small"
+        );
     }
 }

@@ -11,6 +11,10 @@ use super::Theme;
 use crate::tui::app::{App, EventKind};
 use crate::tui::strings;
 
+/// The smallest full scale of the drift bars, so that a millisecond of
+/// drift does not draw a full bar.
+const DRIFT_MIN_SCALE_MS: u64 = 1000;
+
 pub(super) fn render(frame: &mut Frame, app: &App, theme: Theme, area: Rect) {
     let [top, bottom] = Layout::vertical([Constraint::Length(9), Constraint::Fill(1)]).areas(area);
     let [coord_area, quorum_area] =
@@ -81,14 +85,14 @@ pub(super) fn render(frame: &mut Frame, app: &App, theme: Theme, area: Rect) {
         .map(|r| r.clock_drift_ms.unsigned_abs())
         .max()
         .unwrap_or(0)
-        .max(1);
+        .max(DRIFT_MIN_SCALE_MS);
     let bar_width = drift_area.width.saturating_sub(30).max(1) as u64;
     let rows: Vec<Row> = c
         .regions
         .iter()
         .take(drift_area.height.saturating_sub(3) as usize)
         .map(|r| {
-            let n = (r.clock_drift_ms.unsigned_abs() * bar_width).div_ceil(max_drift) as usize;
+            let n = (r.clock_drift_ms.unsigned_abs() * bar_width / max_drift) as usize;
             let bar =
                 if r.clock_drift_ms < 0 { "◀" } else { "▶" }.repeat(n.min(bar_width as usize));
             Row::new(vec![
