@@ -332,3 +332,66 @@ pub fn action_for(app: &App, key: KeyEvent) -> Option<Action> {
         .find(|b| matches(b, &key))
         .map(|b| (b.action)())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::app::Options;
+
+    fn app() -> App {
+        App::new(Options {
+            coordinator: "http://127.0.0.1:1".into(),
+            readonly: false,
+            color: false,
+        })
+    }
+
+    #[test]
+    fn no_key_is_bound_twice_where_both_could_apply() {
+        let table = table();
+        for (i, a) in table.iter().enumerate() {
+            for b in &table[i + 1..] {
+                let overlap = a.scope == b.scope;
+                for key in a.keys {
+                    assert!(
+                        !(overlap && b.keys.contains(key)),
+                        "{key:?} is bound to both {:?} and {:?}",
+                        a.help,
+                        b.help
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prompts_take_text_before_the_table_does() {
+        let mut app = app();
+        let q = KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE);
+        assert_eq!(action_for(&app, q), Some(Action::Quit));
+        app.update(Action::BeginFilter);
+        assert_eq!(action_for(&app, q), Some(Action::Input('q')));
+        app.update(Action::Escape);
+        app.update(Action::BeginCommand);
+        assert_eq!(action_for(&app, q), Some(Action::Input('q')));
+        let enter = KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE);
+        assert_eq!(action_for(&app, enter), Some(Action::Submit));
+        // Ctrl-C always quits, even mid-prompt.
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(action_for(&app, ctrl_c), Some(Action::Quit));
+    }
+
+    #[test]
+    fn view_bindings_win_over_global_ones_and_shifted_symbols_match() {
+        let mut app = app();
+        app.update(Action::Show(View::Conflicts));
+        let enter = KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE);
+        assert_eq!(action_for(&app, enter), Some(Action::Activate));
+        let question = KeyEvent::new(KeyCode::Char('?'), KeyModifiers::SHIFT);
+        assert_eq!(action_for(&app, question), Some(Action::ToggleHelp));
+        let bulk = KeyEvent::new(KeyCode::Char('B'), KeyModifiers::SHIFT);
+        assert_eq!(action_for(&app, bulk), Some(Action::Bulk(Choice::Both)));
+        app.update(Action::Show(View::Cluster));
+        assert_eq!(action_for(&app, bulk), None, "bulk is a Conflicts key");
+    }
+}
