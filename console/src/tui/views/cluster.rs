@@ -34,7 +34,7 @@ pub(super) fn render(frame: &mut Frame, app: &App, theme: Theme, area: Rect) {
     let coordinator = vec![
         Line::from(vec![
             label("instances"),
-            Span::raw(format!("{} (leader)", leader.id)),
+            Span::raw("1 known: the leader (the Admin API reports no others)"),
         ]),
         Line::from(vec![
             label("leader"),
