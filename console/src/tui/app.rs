@@ -638,9 +638,19 @@ impl App {
         }
     }
 
+    /// A conflict list reload when it may be stale: the open count changed,
+    /// or (only while the list is shown, since a busy log moves the head every
+    /// second) the head moved.
     fn conflicts_request(&mut self) -> Vec<Request> {
         let now = self.cluster.as_ref().map(|c| (c.head, c.conflicts_open));
-        if self.connected() && !self.conflicts_loading && now != self.conflicts_as_of {
+        let stale = match (now, self.conflicts_as_of) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some((head, open)), Some((seen_head, seen_open))) => {
+                open != seen_open || (self.view == View::Conflicts && head != seen_head)
+            }
+        };
+        if self.connected() && !self.conflicts_loading && stale {
             self.conflicts_loading = true;
             vec![Request::LoadConflicts]
         } else {
