@@ -224,8 +224,12 @@ async fn an_operator_drops_a_queue_item_after_a_confirmation_naming_it() {
 async fn readonly_refuses_actions_and_a_dead_coordinator_shows_and_recovers() {
     let mut cluster = Cluster::start(&["eu"], StrategyName::Lww).await;
     let mut c = console(&cluster, true);
+    // Connected, and eu registered (a first view may come before that).
     settle(&mut c, "connected", |a| {
-        a.connection == Connection::Connected && a.cluster.is_some()
+        a.connection == Connection::Connected
+            && a.cluster
+                .as_ref()
+                .is_some_and(|v| v.regions.iter().any(|r| r.id == "eu"))
     })
     .await;
     for (view, key) in [

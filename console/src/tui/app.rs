@@ -658,8 +658,9 @@ impl App {
         }
     }
 
-    /// Content fetches the selected conflict's diff needs.
-    fn contents_wanted(&mut self) -> Vec<Request> {
+    /// Content fetches the selected conflict's diff needs (failed ones again
+    /// only when `retry_failed`: on the operator's moves, not every second).
+    fn contents_wanted_with(&mut self, retry_failed: bool) -> Vec<Request> {
         if self.view != View::Conflicts {
             return Vec::new();
         }
@@ -686,12 +687,19 @@ impl App {
             );
             out
         };
+        // Failed fetches are tried again (the region may be back); versions
+        // wait for a cluster view that names regions to fetch them from.
         let wanted: Vec<(Vec<u8>, Vec<String>)> = c
             .versions
             .iter()
             .filter(|v| !v.hash.is_empty() && v.size <= DIFF_MAX_BYTES)
-            .filter(|v| !self.contents.contains_key(&v.hash))
+            .filter(|v| match self.contents.get(&v.hash) {
+                None => true,
+                Some(ContentState::Failed(_)) => retry_failed,
+                Some(_) => false,
+            })
             .map(|v| (v.hash.clone(), endpoints_of(&v.region)))
+            .filter(|(_, endpoints)| !endpoints.is_empty())
             .collect();
         wanted
             .into_iter()
@@ -1083,7 +1091,13 @@ impl App {
             let keys = self.region_keys();
             self.region_sel.select(&keys, 0);
         }
-        self.conflicts_request()
+        let mut out = self.conflicts_request();
+        out.extend(self.contents_wanted_with(false));
+        out
+    }
+
+    fn contents_wanted(&mut self) -> Vec<Request> {
+        self.contents_wanted_with(true)
     }
 
     /// Logs what changed between two cluster views.

@@ -145,3 +145,44 @@ fn an_unknown_command_says_so_and_changes_nothing() {
             .contains("unknown command")
     );
 }
+
+#[test]
+fn a_failed_content_fetch_is_retried_on_a_move_not_every_second() {
+    let mut app = App::new(options(false));
+    app.update(Action::Show(View::Conflicts));
+    let mut c = conflict("a", "/a.txt", &["eu"]);
+    c.versions[0].hash = vec![7; 32];
+    app.update(Action::Conflicts(Ok(vec![c])));
+    let loads = |requests: &[Request]| {
+        requests
+            .iter()
+            .filter(|r| matches!(r, Request::LoadContent { .. }))
+            .count()
+    };
+    let view = v1::ClusterView {
+        regions: vec![v1::RegionStatus {
+            id: "eu".into(),
+            grpc_endpoint: "127.0.0.1:1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // No region known yet: nothing to fetch from. Then one fetch.
+    assert_eq!(app.contents.len(), 0);
+    assert_eq!(loads(&app.update(Action::Cluster(view.clone()))), 1);
+    assert_eq!(
+        loads(&app.update(Action::Cluster(view.clone()))),
+        0,
+        "in flight"
+    );
+    app.update(Action::Content {
+        hash: vec![7; 32],
+        data: Err("unreachable".into()),
+    });
+    assert_eq!(
+        loads(&app.update(Action::Cluster(view))),
+        0,
+        "not every second"
+    );
+    assert_eq!(loads(&app.update(Action::Down)), 1, "again on a move");
+}
