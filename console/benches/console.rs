@@ -4,6 +4,7 @@
 //! 1. the time to render one frame with 100 regions and 10 000 conflicts
 //!    (target: at most 5 ms), into ratatui's `TestBackend` (the same drawing
 //!    and diffing as on a terminal, without the terminal's write);
+//!    (`GEOSYNC_BENCH_RENDER_ONLY=1` skips figure 2);
 //! 2. the CPU the real `geosync console` process uses while idle against a
 //!    live 3-region cluster (target: under 2 % of a core), read from
 //!    `/proc/<pid>/stat` over a window; the console runs in a tmux
@@ -115,8 +116,8 @@ fn loaded_app() -> App {
     app
 }
 
-/// Renders `app` FRAMES times; returns (mean, p99, max) in milliseconds.
-fn time_frames(app: &App, (w, h): (u16, u16)) -> (f64, f64, f64) {
+/// Renders `app` FRAMES times; returns (median, mean, p99, max) in milliseconds.
+fn time_frames(app: &App, (w, h): (u16, u16)) -> (f64, f64, f64, f64) {
     let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("terminal");
     let mut times = Vec::with_capacity(FRAMES);
     for i in 0..FRAMES {
@@ -132,7 +133,7 @@ fn time_frames(app: &App, (w, h): (u16, u16)) -> (f64, f64, f64) {
     times.sort_by(f64::total_cmp);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
-    (mean, p99, times[times.len() - 1])
+    (times[times.len() / 2], mean, p99, times[times.len() - 1])
 }
 
 fn render_figures() {
@@ -172,9 +173,9 @@ fn render_figures() {
     ];
     for (name, app) in &cases {
         for size in [(80, 24), (200, 60)] {
-            let (mean, p99, max) = time_frames(app, size);
+            let (median, mean, p99, max) = time_frames(app, size);
             println!(
-                "  {name:<19} {:>3}x{:<3} mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms",
+                "  {name:<19} {:>3}x{:<3} median {median:.3} ms  mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms",
                 size.0, size.1
             );
         }

@@ -170,12 +170,23 @@ async fn watch_once(
     }
 }
 
+/// A status as the operator reads it: its message and, for transport
+/// failures, the causes (`tcp connect error: Connection refused`).
 fn status_text(status: &tonic::Status) -> String {
-    if status.message().is_empty() {
+    let mut text = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
         status.message().to_owned()
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
     }
+    text
 }
 
 /// Carries out one request and reports the outcome.
