@@ -288,7 +288,7 @@ fn render_help(frame: &mut Frame, app: &App, theme: Theme, area: Rect) {
         .collect();
     let rows_fit = area.height.saturating_sub(2).max(1) as usize;
     let columns = entries.len().div_ceil(rows_fit).max(1);
-    let rows = entries.len().div_ceil(columns);
+    let rows = entries.len().div_ceil(columns).max(1);
     let width = (columns as u16 * 40 + 2).min(area.width);
     let popup = centered(area, width, rows as u16 + 2);
     frame.render_widget(Clear, popup);
