@@ -216,6 +216,9 @@ pub enum Action {
     Merge,
     /// Preview a bulk resolution of the filtered conflicts.
     Bulk(Choice),
+    /// Preview a bulk resolution of the filtered conflicts keeping the
+    /// region of the chosen version.
+    BulkKeepChosen,
     /// Retry the chosen queue item now.
     Retry,
     /// Drop the chosen queue item (asks first).

@@ -512,6 +512,13 @@ impl App {
             Action::KeepBoth => self.resolve_selected(Choice::Both),
             Action::Merge => self.resolve_selected(Choice::Merge),
             Action::Bulk(choice) => self.bulk(choice),
+            Action::BulkKeepChosen => match self.selected_version().map(|v| v.region.clone()) {
+                Some(region) => self.bulk(Choice::Keep(region)),
+                None => {
+                    self.error(strings::NO_CONFLICT_SELECTED.to_owned());
+                    Vec::new()
+                }
+            },
             Action::Retry => self.retry_selected(),
             Action::Drop => self.drop_selected(),
             Action::TogglePause => self.pause_selected(),

@@ -267,17 +267,24 @@ pub fn table() -> &'static [Binding] {
             ),
             bind!(
                 In(View::Conflicts),
+                [(Char('K'), SHIFT), (Char('K'), NONE)],
+                "K",
+                Action::BulkKeepChosen,
+                "bulk keep region, filtered"
+            ),
+            bind!(
+                In(View::Conflicts),
                 [(Char('B'), SHIFT), (Char('B'), NONE)],
                 "B",
                 Action::Bulk(Choice::Both),
-                "bulk: keep both, filtered"
+                "bulk keep both, filtered"
             ),
             bind!(
                 In(View::Conflicts),
                 [(Char('M'), SHIFT), (Char('M'), NONE)],
                 "M",
                 Action::Bulk(Choice::Merge),
-                "bulk: merge, filtered"
+                "bulk merge, filtered"
             ),
         ]
     })

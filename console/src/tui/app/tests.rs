@@ -186,3 +186,13 @@ fn a_failed_content_fetch_is_retried_on_a_move_not_every_second() {
     );
     assert_eq!(loads(&app.update(Action::Down)), 1, "again on a move");
 }
+
+#[test]
+fn bulk_keep_chosen_keeps_the_chosen_versions_region_across_the_filtered_set() {
+    let mut app = app_with_conflicts(false);
+    app.update(Action::Right);
+    app.update(Action::BulkKeepChosen);
+    let c = app.confirmation.clone().expect("preview");
+    assert!(c.question.contains("keep us's version"), "{c:?}");
+    assert_eq!(c.operations.len(), 3, "every conflict has a version from us");
+}

@@ -234,7 +234,7 @@ fn hints(view: View) -> &'static str {
     match view {
         View::Overview => "Enter queue  p pause/resume  s resync  / filter  : cmd  ? keys  q quit",
         View::Queues => "←/→ region  r retry  d drop  / filter  : cmd  ? keys  q quit",
-        View::Conflicts => "←/→ version  Enter keep  b both  m merge  B/M bulk  / filter  ? keys",
+        View::Conflicts => "←/→ version  Enter keep  b both  m merge  K/B/M bulk  / filter  ? keys",
         View::Cluster => "Tab next view  : cmd  ? keys  q quit",
         View::Events => "↑/↓ scroll  End follow  / filter  : cmd  ? keys  q quit",
     }
