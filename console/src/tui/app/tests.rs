@@ -194,5 +194,9 @@ fn bulk_keep_chosen_keeps_the_chosen_versions_region_across_the_filtered_set() {
     app.update(Action::BulkKeepChosen);
     let c = app.confirmation.clone().expect("preview");
     assert!(c.question.contains("keep us's version"), "{c:?}");
-    assert_eq!(c.operations.len(), 3, "every conflict has a version from us");
+    assert_eq!(
+        c.operations.len(),
+        3,
+        "every conflict has a version from us"
+    );
 }
