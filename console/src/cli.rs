@@ -34,6 +34,14 @@ pub enum Command {
     /// List, retry or drop sync queue items of a region.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Open the operator's console (a terminal UI) on a coordinator.
+    Console(ConsoleArgs),
+    /// Pause a region: it stops pushing and applying until resumed.
+    Pause(RegionActionArgs),
+    /// Resume a paused region.
+    Resume(RegionActionArgs),
+    /// Make a region rebuild its namespace from a snapshot.
+    Resync(RegionActionArgs),
     /// List a directory of a region's namespace.
     Ls(FileArgs),
     /// Print a file of a region's namespace.
@@ -146,13 +154,28 @@ pub enum ConflictsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Resolve a conflict: keep one region's version, or both.
+    /// Resolve a conflict: keep one region's version, both, or merge.
     Resolve {
         /// The conflict id (from `conflicts list`).
         id: String,
-        /// A region id, or `both` to keep every version.
+        /// A region id, `both` to keep every version, or `merge`.
         #[arg(long)]
         keep: String,
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+    },
+    /// Resolve every open conflict whose path contains FILTER the same way
+    /// (prints the plan; add --yes to carry it out).
+    ResolveAll {
+        /// A region id, `both` to keep every version, or `merge`.
+        #[arg(long)]
+        keep: String,
+        /// Only conflicts whose path, strategy or regions contain this text.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Carry out the plan instead of only printing it.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         coordinator: CoordinatorUrl,
     },
@@ -233,4 +256,25 @@ pub struct MkdirArgs {
     /// Create missing parents; no error if it exists.
     #[arg(short, long)]
     pub parents: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    pub coordinator: CoordinatorUrl,
+    /// Refuse every action that changes the cluster (watch only).
+    #[arg(long)]
+    pub readonly: bool,
+    /// Where the console writes its log (default: $XDG_STATE_HOME/geosync,
+    /// or ~/.local/state/geosync).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RegionActionArgs {
+    /// The region's id.
+    pub region: String,
+    #[command(flatten)]
+    pub coordinator: CoordinatorUrl,
 }

@@ -4,6 +4,8 @@
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
+use geosync::tui::app::{BulkPlan, conflict_matches};
+use geosync::tui::{Choice, Operation, run_operation};
 use geosync_proto::v1;
 use geosync_proto::v1::admin_client::AdminClient;
 use geosync_proto::v1::files_client::FilesClient;
@@ -13,7 +15,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::cli::{
-    ConflictsCommand, FileArgs, MkdirArgs, PutArgs, QueueCommand, RmArgs, StatusArgs,
+    ConflictsCommand, ConsoleArgs, FileArgs, MkdirArgs, PutArgs, QueueCommand, RegionActionArgs,
+    RmArgs, StatusArgs,
 };
 
 /// Bytes per message when uploading.
@@ -77,6 +80,7 @@ pub fn status_json(view: &v1::ClusterView) -> serde_json::Value {
                 "lag_seconds": r.lag_seconds,
                 "queue": {"pending": q.pending, "inflight": q.inflight, "retrying": q.retrying, "dead": q.dead},
                 "clock_drift_ms": r.clock_drift_ms,
+                "paused": r.paused,
             })
         }).collect::<Vec<_>>(),
     })
@@ -208,21 +212,61 @@ pub async fn conflicts(command: ConflictsCommand) -> Result<()> {
             keep,
             coordinator,
         } => {
-            use v1::resolve_conflict_request::Choice;
-            let choice = if keep == "both" {
-                Choice::KeepBoth(true)
-            } else {
-                Choice::KeepRegion(keep.clone())
-            };
+            let choice = Choice::from_keep(&keep);
             admin(&coordinator.coordinator)
                 .await?
                 .resolve_conflict(v1::ResolveConflictRequest {
                     id: id.clone(),
-                    choice: Some(choice),
+                    choice: Some(choice.to_wire()),
                 })
                 .await
                 .map_err(failed)?;
-            println!("resolved {id}: kept {keep}");
+            println!("resolved {id}: {}", choice.describe());
+            Ok(())
+        }
+        ConflictsCommand::ResolveAll {
+            keep,
+            filter,
+            yes,
+            coordinator,
+        } => {
+            let mut client = admin(&coordinator.coordinator).await?;
+            let filter = filter.to_lowercase();
+            let chosen: Vec<v1::Conflict> = client
+                .list_conflicts(v1::ListConflictsRequest {})
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .conflicts
+                .into_iter()
+                .filter(|c| conflict_matches(c, &filter))
+                .collect();
+            let choice = Choice::from_keep(&keep);
+            let plan = BulkPlan::new(&chosen, &choice);
+            for line in &plan.details {
+                println!("{line}");
+            }
+            if !yes {
+                println!(
+                    "{} to resolve, {} skipped: nothing done; add --yes to carry it out",
+                    plan.operations.len(),
+                    plan.skipped
+                );
+                return Ok(());
+            }
+            let mut failures = 0;
+            for op in &plan.operations {
+                match run_operation(&mut client, op).await {
+                    Ok(()) => println!("done: {}", op.describe()),
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!("failed: {}: {e}", op.describe());
+                    }
+                }
+            }
+            if failures > 0 {
+                bail!("{failures} of {} resolutions failed", plan.operations.len());
+            }
             Ok(())
         }
     }
@@ -339,6 +383,68 @@ pub async fn queue(command: QueueCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Pause, resume or resync: what `geosync pause|resume|resync REGION` does.
+#[derive(Debug, Clone, Copy)]
+pub enum RegionAction {
+    Pause,
+    Resume,
+    Resync,
+}
+
+pub async fn region_action(args: RegionActionArgs, action: RegionAction) -> Result<()> {
+    let op = match action {
+        RegionAction::Pause => Operation::Pause(args.region),
+        RegionAction::Resume => Operation::Resume(args.region),
+        RegionAction::Resync => Operation::Resync(args.region),
+    };
+    let mut client = admin(&args.coordinator.coordinator).await?;
+    run_operation(&mut client, &op)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot {}: {e}", op.describe()))?;
+    println!("done: {}", op.describe());
+    Ok(())
+}
+
+/// The console's log directory when none is given.
+fn default_log_dir() -> std::path::PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("geosync")
+}
+
+pub async fn console(args: ConsoleArgs) -> Result<()> {
+    let dir = args.log_dir.unwrap_or_else(default_log_dir);
+    let _log = geosync::tui::log_to_file(&dir, "console")?;
+    let options = geosync::tui::Options {
+        coordinator: args.coordinator.coordinator,
+        readonly: args.readonly,
+        color: !geosync::tui::no_color(),
+    };
+    geosync::tui::run(options, terminated()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM (Ctrl-C reaches the console as a key while it runs).
+pub async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 pub async fn ls(args: FileArgs) -> Result<()> {

@@ -1,5 +1,7 @@
 //! `geosync`: the one binary. Runs coordinators, regions and a whole demo
-//! cluster, and is the operator's CLI (status, conflicts, queues, files).
+//! cluster, and is the operator's CLI (status, conflicts, queues, pause,
+//! resume, resync, files) and console (the TUI lives in the library half,
+//! `geosync::tui`).
 
 mod cli;
 mod client;
@@ -40,6 +42,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Status(args) => client::status(args).await,
         Command::Conflicts(args) => client::conflicts(args).await,
         Command::Queue(args) => client::queue(args).await,
+        Command::Console(args) => client::console(args).await,
+        Command::Pause(args) => client::region_action(args, client::RegionAction::Pause).await,
+        Command::Resume(args) => client::region_action(args, client::RegionAction::Resume).await,
+        Command::Resync(args) => client::region_action(args, client::RegionAction::Resync).await,
         Command::Ls(args) => client::ls(args).await,
         Command::Cat(args) => client::cat(args).await,
         Command::Put(args) => client::put(args).await,

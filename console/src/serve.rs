@@ -210,7 +210,13 @@ pub fn demo_configs(
 }
 
 pub async fn demo(args: DemoArgs) -> Result<()> {
-    init_logging();
+    // With the console up, the terminal is the console's: logs go to a file.
+    let _log = if args.headless {
+        init_logging();
+        None
+    } else {
+        Some(geosync::tui::log_to_file(&args.dir.join("logs"), "demo")?)
+    };
     let (coordinator_config, region_configs) =
         demo_configs(&args.dir, &args.regions, args.base_port)?;
     std::fs::create_dir_all(&args.dir)
@@ -276,15 +282,28 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     if let Some(http) = coordinator.http_addr() {
         println!("  curl http://{http}/api/sync/status");
     }
-    if !args.headless {
-        println!("(the console is not built yet: running headless; Ctrl-C stops the cluster)");
-    }
-    stop_signal().await?;
+    let console = if args.headless {
+        stop_signal().await?;
+        Ok(())
+    } else {
+        // The cluster runs while the console is open; quitting it (or a
+        // signal) stops the demo.
+        let options = geosync::tui::Options {
+            coordinator: format!("http://{}", coordinator.grpc_addr()),
+            readonly: false,
+            color: !geosync::tui::no_color(),
+        };
+        geosync::tui::run(options, async {
+            let _ = stop_signal().await;
+        })
+        .await
+    };
     println!("stopping...");
     mounts::unmount_all(mounted).await;
     for r in regions {
         r.shutdown().await?;
     }
     coordinator.shutdown().await;
+    console?;
     Ok(())
 }

@@ -157,6 +157,67 @@ fn demo_cluster_put_cat_status_and_graceful_stop() {
     );
     assert_eq!(String::from_utf8_lossy(&conflicts.stdout).trim(), "[]");
 
+    // What the console can do, scripts can do: pause, resume, resync, bulk resolve.
+    let paused = |region: &str| -> Option<bool> {
+        let out = run(&["status", "--json", "--coordinator", &coordinator], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["regions"]
+            .as_array()?
+            .iter()
+            .find(|r| r["id"] == region)?["paused"]
+            .as_bool()
+    };
+    let pause = run(&["pause", "eu", "--coordinator", &coordinator], None);
+    assert!(pause.status.success(), "{pause:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&pause.stdout).trim(),
+        "done: pause region eu"
+    );
+    assert_eq!(paused("eu"), Some(true));
+    let unknown = run(&["pause", "mars", "--coordinator", &coordinator], None);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("mars"),
+        "{unknown:?}"
+    );
+    let resume = run(&["resume", "eu", "--coordinator", &coordinator], None);
+    assert!(resume.status.success(), "{resume:?}");
+    assert_eq!(paused("eu"), Some(false));
+    let resync = run(&["resync", "us", "--coordinator", &coordinator], None);
+    assert!(resync.status.success(), "{resync:?}");
+    let bulk = run(
+        &[
+            "conflicts",
+            "resolve-all",
+            "--keep",
+            "both",
+            "--coordinator",
+            &coordinator,
+        ],
+        None,
+    );
+    assert!(bulk.status.success(), "{bulk:?}");
+    assert!(
+        String::from_utf8_lossy(&bulk.stdout).contains("0 to resolve, 0 skipped: nothing done")
+    );
+    // The console needs a terminal, and says so.
+    let log_dir = dir.path().join("console-logs");
+    let console = run(
+        &[
+            "console",
+            "--coordinator",
+            &coordinator,
+            "--log-dir",
+            log_dir.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(!console.status.success());
+    assert!(
+        String::from_utf8_lossy(&console.stderr).contains("the console needs a terminal"),
+        "{console:?}"
+    );
+
     // Traversal is refused with a clear message and a failing exit code.
     let bad = run(&["put", "--region", &eu, "/a/../../etc/passwd"], Some(b"x"));
     assert!(!bad.status.success());

@@ -173,3 +173,69 @@ async fn an_operator_triggered_resync_rebuilds_from_a_snapshot() {
     assert_eq!(t.len(), 2, "{t:?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_watch_tails_logged_changes_in_order_with_their_paths() {
+    let cluster = Cluster::start(&["eu", "us"], StrategyName::Lww).await;
+    cluster.converged().await.expect("start");
+    let mut admin = admin(&cluster).await;
+    let mut tail = admin
+        .watch_events(v1::WatchEventsRequest { after: None })
+        .await
+        .expect("watch events")
+        .into_inner();
+    let eu = cluster.region("eu").engine().clone();
+    let dir = eu
+        .namespace
+        .create(NodeId::ROOT, b"docs", NewNode::directory(0o755))
+        .expect("mkdir")
+        .id;
+    eu.namespace
+        .create(dir, b"a.txt", NewNode::file(0o644))
+        .expect("create");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let next = tokio::time::timeout(SETTLE, tokio_stream::StreamExt::next(&mut tail))
+            .await
+            .expect("an event within the deadline")
+            .expect("the stream goes on")
+            .expect("an event");
+        seen.push(next);
+    }
+    assert!(seen[0].seq < seen[1].seq, "{seen:?}");
+    let paths: Vec<&str> = seen.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["/docs", "/docs/a.txt"]);
+    assert!(
+        seen.iter()
+            .all(|e| e.origin == "eu" && e.op == v1::ChangeOp::Create as i32)
+    );
+
+    // Resuming after the first event gives the second again.
+    let mut again = admin
+        .watch_events(v1::WatchEventsRequest {
+            after: Some(seen[0].seq),
+        })
+        .await
+        .expect("watch events")
+        .into_inner();
+    let first = tokio::time::timeout(SETTLE, tokio_stream::StreamExt::next(&mut again))
+        .await
+        .expect("within the deadline")
+        .expect("an event")
+        .expect("an event");
+    assert_eq!(first.seq, seen[1].seq);
+
+    // A region has no log to watch.
+    let region_url = format!("http://{}", cluster.region("eu").grpc_addr());
+    let mut region_admin = v1::admin_client::AdminClient::connect(region_url)
+        .await
+        .expect("region admin");
+    let refused = region_admin
+        .watch_events(v1::WatchEventsRequest { after: None })
+        .await;
+    assert_eq!(
+        refused.expect_err("a region refuses").code(),
+        tonic::Code::FailedPrecondition
+    );
+    cluster.shutdown().await;
+}

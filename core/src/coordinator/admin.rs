@@ -28,6 +28,10 @@ use super::{ClusterView, Coordinator};
 pub const WATCH_REFRESH: Duration = Duration::from_secs(1);
 
 type ViewStream = Pin<Box<dyn Stream<Item = Result<v1::ClusterView, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::LoggedEvent, Status>> + Send>>;
+
+/// Events read from the log per step of an event watch.
+pub const WATCH_EVENTS_BATCH: usize = 256;
 
 /// The Admin service of a coordinator.
 #[derive(Clone)]
@@ -108,6 +112,22 @@ pub fn conflict_to_wire(c: &ConflictInfo) -> v1::Conflict {
             })
             .collect(),
         node: c.node.to_bytes().to_vec(),
+    }
+}
+
+/// The operator's form of a logged event, with the node's path now.
+fn logged_event(c: &Coordinator, e: &crate::model::ChangeEvent) -> v1::LoggedEvent {
+    let path = match c.path_of(e.node) {
+        Ok(p) => String::from_utf8_lossy(&p).into_owned(),
+        Err(_) => e.node.to_string(),
+    };
+    v1::LoggedEvent {
+        seq: e.seq.unwrap_or(0),
+        op: v1::ChangeOp::from(e.op) as i32,
+        path,
+        origin: e.origin.to_string(),
+        hlc: Some(v1::Timestamp::from(&e.version.write.stamp)),
+        size: e.version.meta.size,
     }
 }
 
@@ -296,6 +316,55 @@ impl Admin for AdminService {
         let id = region(&request.into_inner().region)?;
         self.blocking(move |c| c.request_resync(&id)).await?;
         Ok(Response::new(v1::TriggerResyncReply {}))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let c = self.coordinator.clone();
+        let shutdown = self.shutdown.clone();
+        let mut next = request.into_inner().after.unwrap_or_else(|| c.head());
+        let (tx, rx) = mpsc::channel(WATCH_EVENTS_BATCH);
+        tokio::spawn(async move {
+            let mut head = c.watch_head();
+            loop {
+                let batch = super::service::on_blocking_pool(&c, move |c| {
+                    let events = c.events_after(next, WATCH_EVENTS_BATCH)?;
+                    Ok(events
+                        .iter()
+                        .map(|e| logged_event(c, e))
+                        .collect::<Vec<_>>())
+                })
+                .await;
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let full = batch.len() == WATCH_EVENTS_BATCH;
+                for event in batch {
+                    next = next.max(event.seq);
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                // Cancel-safe: each branch only waits.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    changed = head.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

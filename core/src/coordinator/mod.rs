@@ -574,6 +574,11 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// A node's path in the coordinator's namespace now.
+    pub fn path_of(&self, node: NodeId) -> Result<Vec<u8>> {
+        self.engine.namespace.path_of(node)
+    }
+
     /// Open manual conflicts.
     pub fn conflicts(&self) -> Result<Vec<ConflictInfo>> {
         self.engine.namespace.conflicts()

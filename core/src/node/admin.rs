@@ -171,4 +171,13 @@ impl Admin for RegionAdmin {
     ) -> Result<Response<v1::TriggerResyncReply>, Status> {
         Err(coordinators_job())
     }
+
+    type WatchEventsStream = tokio_stream::Empty<Result<v1::LoggedEvent, Status>>;
+
+    async fn watch_events(
+        &self,
+        _request: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Err(coordinators_job())
+    }
 }
