@@ -177,6 +177,7 @@ pub struct RegionNode {
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     status: Arc<RegionStatus>,
+    strm: crate::strm::Strm,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -251,11 +252,21 @@ impl RegionNode {
                 tracing::error!(error = %e, "region gRPC server failed");
             }
         }));
+        let strm = crate::strm::Strm::open(
+            engine.clone(),
+            config.strm.clone(),
+            format!("http://{}", config.http_addr()),
+            config.mount.clone(),
+            chunk_source.clone(),
+        )?;
+        tasks.extend(strm.start(shutdown.clone()));
         if let Some(listener) = http {
             let state = crate::http::RegionHttp {
                 engine: engine.clone(),
                 region: config.region.clone(),
                 status: status.clone(),
+                strm: strm.clone(),
+                chunks: chunk_source.clone(),
             };
             tasks.push(tokio::spawn(crate::http::serve_region(
                 state,
@@ -291,9 +302,15 @@ impl RegionNode {
             grpc_addr,
             http_addr,
             status,
+            strm,
             shutdown,
             tasks,
         })
+    }
+
+    /// The region's STRM engine.
+    pub fn strm(&self) -> &crate::strm::Strm {
+        &self.strm
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
