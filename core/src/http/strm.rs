@@ -120,7 +120,7 @@ fn ranged(
     size: u64,
     range: Option<&str>,
     etag: Option<String>,
-) -> Result<(StatusCode, HeaderMap, Range<u64>), Response> {
+) -> Result<(StatusCode, HeaderMap, Range<u64>), Box<Response>> {
     let mut h = HeaderMap::new();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
@@ -142,7 +142,9 @@ fn ranged(
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 h.insert(header::CONTENT_RANGE, v);
             }
-            return Err((StatusCode::RANGE_NOT_SATISFIABLE, h).into_response());
+            return Err(Box::new(
+                (StatusCode::RANGE_NOT_SATISFIABLE, h).into_response(),
+            ));
         }
     };
     h.insert(
@@ -174,7 +176,7 @@ async fn stream_namespace(r: &RegionHttp, path: &str, range: Option<&str>, head:
     let etag = content.map(|c| c.id.to_hex());
     let (status, headers, span) = match ranged(path, view.meta.size, range, etag) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if head || span.is_empty() {
         return (status, headers).into_response();
@@ -277,7 +279,7 @@ async fn stream_local(file: &std::path::Path, range: Option<&str>, head: bool) -
         .unwrap_or_default();
     let (status, headers, span) = match ranged(&name, meta.len(), range, None) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if head || span.is_empty() {
         return (status, headers).into_response();

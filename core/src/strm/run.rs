@@ -21,7 +21,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -30,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::Progress;
 use super::runs::{JobChange, OutputRecord, Run, RunStore};
 use super::sign::Signer;
-use super::source::{self, Listing, ReadError, Source, SourceEntry};
+use super::source::{self, Listing, Pacer, ReadError, Source, SourceEntry};
 use super::webhook::Action;
 use crate::config::{JobConfig, MetaMode, MetaUpdate, RunStrategy, SourceConfig, StrmMode};
 use crate::model::{NodeId, NodeKind};
@@ -522,37 +521,6 @@ async fn fetch_metadata(
     }
 }
 
-/// Paces listings to at most `qps` per second.
-struct Pacer {
-    interval: Option<Duration>,
-    next: Instant,
-}
-
-impl Pacer {
-    fn new(qps: f64) -> Pacer {
-        Pacer {
-            interval: (qps > 0.0).then(|| Duration::from_secs_f64(1.0 / qps)),
-            next: Instant::now(),
-        }
-    }
-
-    /// Waits for the next slot; false when cancelled first. Cancel-safe.
-    async fn wait(&mut self, cancel: &CancellationToken) -> bool {
-        let Some(interval) = self.interval else {
-            return !cancel.is_cancelled();
-        };
-        let now = Instant::now();
-        if self.next > now {
-            tokio::select! {
-                _ = cancel.cancelled() => return false,
-                _ = tokio::time::sleep(self.next - now) => {}
-            }
-        }
-        self.next = self.next.max(now) + interval;
-        true
-    }
-}
-
 /// What a scan found out about completeness.
 #[derive(Default)]
 struct ScanReport {
@@ -575,11 +543,11 @@ async fn scan(ctx: &Arc<RunCtx>, start: &str, strategy: RunStrategy) -> ScanRepo
     };
     let mut queue = VecDeque::from([(start.to_owned(), start_depth)]);
     while let Some((dir, depth)) = queue.pop_front() {
-        if !pacer.wait(&ctx.cancel).await {
+        if ctx.cancel.is_cancelled() {
             report.cancelled = true;
             break;
         }
-        let entries = match ctx.source.list(&dir).await {
+        let entries = match ctx.source.list(&dir, &mut pacer, &ctx.cancel).await {
             Listing::Present(e) => e,
             Listing::Absent if dir.is_empty() => {
                 report.listing_errors += 1;

@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -26,6 +28,37 @@ pub const OPENLIST_PAGE: u64 = 200;
 
 /// Bytes read from the namespace per step of a copy.
 const NS_READ_PIECE: u64 = 1 << 20;
+
+/// Paces listing calls (every OpenList page is one) to at most `qps` per second.
+pub struct Pacer {
+    interval: Option<Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    pub fn new(qps: f64) -> Pacer {
+        Pacer {
+            interval: (qps > 0.0).then(|| Duration::from_secs_f64(1.0 / qps)),
+            next: Instant::now(),
+        }
+    }
+
+    /// Waits for the next slot; false when cancelled first. Cancel-safe.
+    pub async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        let Some(interval) = self.interval else {
+            return !cancel.is_cancelled();
+        };
+        let now = Instant::now();
+        if self.next > now {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(self.next - now) => {}
+            }
+        }
+        self.next = self.next.max(now) + interval;
+        true
+    }
+}
 
 /// One directory entry of a source.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,8 +127,11 @@ fn system_time_ns(t: std::time::SystemTime) -> i64 {
 }
 
 impl Source {
-    /// Lists the directory `rel`.
-    pub async fn list(&self, rel: &str) -> Listing {
+    /// Lists the directory `rel`, each call to the source paced by `pacer`.
+    pub async fn list(&self, rel: &str, pacer: &mut Pacer, cancel: &CancellationToken) -> Listing {
+        if !matches!(self, Source::Openlist(_)) && !pacer.wait(cancel).await {
+            return Listing::Unknown("cancelled".into());
+        }
         match self {
             Source::Local { root, .. } => {
                 let dir = if rel.is_empty() {
@@ -108,7 +144,7 @@ impl Source {
                     Err(e) => Listing::Unknown(format!("listing task failed: {e}")),
                 }
             }
-            Source::Openlist(o) => o.list(rel).await,
+            Source::Openlist(o) => o.list(rel, pacer, cancel).await,
             Source::Namespace { root, engine, .. } => {
                 let path = join(root, rel);
                 let engine = engine.clone();
@@ -444,11 +480,14 @@ impl Openlist {
 
     /// Lists a directory, page by page. Every error is [`Listing::Unknown`]: OpenList answers a
     /// missing path with an error code that cannot be told from other failures reliably.
-    pub async fn list(&self, rel: &str) -> Listing {
+    pub async fn list(&self, rel: &str, pacer: &mut Pacer, cancel: &CancellationToken) -> Listing {
         let path = self.server_path(rel);
         let mut out = Vec::new();
         let mut page = 1u64;
         loop {
+            if !pacer.wait(cancel).await {
+                return Listing::Unknown("cancelled".into());
+            }
             let body = json!({
                 "path": path, "password": self.password, "page": page,
                 "per_page": OPENLIST_PAGE, "refresh": false,
