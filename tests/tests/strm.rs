@@ -919,6 +919,28 @@ async fn webhook_events_update_outputs_without_a_scan() {
     assert_eq!(post_webhook(&c, TOKEN, huge).await.0, 413);
     assert_eq!(run_count(&c).await, runs, "a bad request queued a run");
     assert!(!exists(eu, "/hook/Old/Old.strm"));
+
+    // An operator's incremental run of named paths (`geosync strm run --incremental --path`).
+    let http = client();
+    let refused = http
+        .post(format!("{}/api/v1/strm/runs", base(&c, "eu")))
+        .json(&json!({"job": "hook", "strategy": "incremental", "paths": ["../x"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let queued: Value = http
+        .post(format!("{}/api/v1/strm/runs", base(&c, "eu")))
+        .json(&json!({"job": "hook", "strategy": "incremental", "paths": ["Old"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run = wait_run(&c, queued["id"].as_u64().expect("run id")).await;
+    assert_eq!(count(&run, "written"), 1, "{run}");
+    assert!(exists(eu, "/hook/Old/Old.strm"));
     c.shutdown().await;
 }
 

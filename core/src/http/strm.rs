@@ -72,6 +72,7 @@ fn strm_error(e: StrmError) -> Response {
     let status = match &e {
         StrmError::UnknownJob(_) | StrmError::UnknownRun(_) => StatusCode::NOT_FOUND,
         StrmError::WrongState { .. } | StrmError::IncrementalByHand(_) => StatusCode::CONFLICT,
+        StrmError::BadPath(_) => StatusCode::BAD_REQUEST,
         StrmError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     text(status, e.to_string())
@@ -407,6 +408,9 @@ struct StartRun {
     now: bool,
     #[serde(default)]
     trigger: Option<Trigger>,
+    /// Source paths an incremental run processes (relative to the job's source root).
+    #[serde(default)]
+    paths: Vec<String>,
 }
 
 async fn start_run(State(r): State<RegionHttp>, body: Bytes) -> Response {
@@ -424,11 +428,14 @@ async fn start_run(State(r): State<RegionHttp>, body: Bytes) -> Response {
             );
         }
     };
-    match r
-        .strm
-        .enqueue(&req.job, req.strategy, trigger, req.now)
-        .await
-    {
+    let queued = if req.strategy == Some(RunStrategy::Incremental) || !req.paths.is_empty() {
+        r.strm.enqueue_paths(&req.job, &req.paths, trigger).await
+    } else {
+        r.strm
+            .enqueue(&req.job, req.strategy, trigger, req.now)
+            .await
+    };
+    match queued {
         Ok(id) => Json(serde_json::json!({ "id": id })).into_response(),
         Err(e) => strm_error(e),
     }

@@ -52,8 +52,10 @@ pub enum StrmError {
         state: RunState,
         why: &'static str,
     },
-    #[error("incremental runs come from webhook events; run {0:?} with --full or --skip-existing")]
+    #[error("an incremental run of {0:?} needs source paths (or comes from webhook events)")]
     IncrementalByHand(String),
+    #[error("invalid source path: {0}")]
+    BadPath(String),
     #[error(transparent)]
     Engine(#[from] crate::Error),
 }
@@ -332,6 +334,34 @@ impl Strm {
         }
         self.queue(new_run(job, strategy, trigger, cleanup_now, Vec::new()))
             .await
+    }
+
+    /// Queues an incremental run that (re)processes source paths (files or directories,
+    /// relative to the job's source root) without a scan.
+    pub async fn enqueue_paths(
+        &self,
+        job: &str,
+        paths: &[String],
+        trigger: Trigger,
+    ) -> Result<u64, StrmError> {
+        if self.inner.config.job(job).is_none() {
+            return Err(StrmError::UnknownJob(job.to_owned()));
+        }
+        if paths.is_empty() {
+            return Err(StrmError::IncrementalByHand(job.to_owned()));
+        }
+        let mut changes = Vec::new();
+        for p in paths {
+            let norm = webhook::normalize_path(p).map_err(StrmError::BadPath)?;
+            changes.push(JobChange {
+                action: webhook::Action::Create,
+                is_dir: false,
+                source: Some(norm.trim_start_matches('/').to_owned()),
+                destination: None,
+            });
+        }
+        let run = new_run(job, RunStrategy::Incremental, trigger, false, changes);
+        self.queue(run).await
     }
 
     async fn queue(&self, run: Run) -> Result<u64, StrmError> {
