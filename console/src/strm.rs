@@ -294,12 +294,15 @@ async fn follow(api: &Api, id: u64, estimate: u64) -> Result<()> {
         let run = api.get(&format!("/api/v1/strm/runs/{id}")).await?;
         let state = run["state"].as_str().unwrap_or("");
         let scanned = n(&run["counts"]["scanned"]);
-        let bar = if estimate > 0 {
-            let filled = ((scanned.min(estimate) * BAR_WIDTH as u64) / estimate) as usize;
-            format!("[{}{}]", "#".repeat(filled), ".".repeat(BAR_WIDTH - filled))
-        } else {
-            spin = (spin + 1) % 4;
-            format!("[{}]", ["|", "/", "-", "\\"][spin])
+        let bar = match (scanned.min(estimate) * BAR_WIDTH as u64).checked_div(estimate) {
+            Some(filled) => {
+                let filled = filled as usize;
+                format!("[{}{}]", "#".repeat(filled), ".".repeat(BAR_WIDTH - filled))
+            }
+            None => {
+                spin = (spin + 1) % 4;
+                format!("[{}]", ["|", "/", "-", "\\"][spin])
+            }
         };
         eprint!("\r{bar} {state:<8} {}   ", counts_line(&run));
         let _ = std::io::stderr().flush();
