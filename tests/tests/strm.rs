@@ -1162,3 +1162,107 @@ async fn ffprobe_check(c: &Cluster, eu: &Engine) {
         .expect("duration");
     assert!((0.9..1.2).contains(&duration), "duration {duration}");
 }
+
+// ---------------------------------------------------------------------------
+// The run queue
+// ---------------------------------------------------------------------------
+
+async fn queue_run(c: &Cluster, job: &str) -> u64 {
+    let reply: Value = client()
+        .post(format!("{}/api/v1/strm/runs", base(c, "eu")))
+        .json(&json!({"job": job, "strategy": "full"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no run id in {reply}"))
+}
+
+async fn run_state(c: &Cluster, id: u64) -> Value {
+    client()
+        .get(format!("{}/api/v1/strm/runs/{id}", base(c, "eu")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_never_overlap_and_can_be_cancelled() {
+    let src = tempfile::tempdir().expect("source dir");
+    for i in 0..20 {
+        source_file(src.path(), &format!("d{i}/f.mkv"), b"v");
+    }
+    // Two listings per second: a full run takes ~10 s, long enough to watch.
+    let mut slow = local_job("slow", src.path(), "/slow");
+    slow.qps = 2.0;
+    let c = cluster(vec![slow], &[]).await;
+    let first = queue_run(&c, "slow").await;
+    let second = queue_run(&c, "slow").await;
+    let running = wait_for(SETTLE, || async {
+        run_state(&c, first).await["state"] == "running"
+    })
+    .await;
+    assert!(running, "the first run starts");
+    // One run at a time: the second waits while the first runs.
+    assert_eq!(run_state(&c, second).await["state"], "queued");
+    let http = client();
+    let cancel = |id: u64| {
+        let http = http.clone();
+        let url = format!("{}/api/v1/strm/runs/{id}/cancel", base(&c, "eu"));
+        async move { http.post(url).send().await.unwrap().status() }
+    };
+    assert_eq!(cancel(second).await, 200);
+    assert_eq!(run_state(&c, second).await["state"], "cancelled");
+    assert_eq!(cancel(first).await, 200);
+    let done = wait_run(&c, first).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert!(
+        done["warnings"].to_string().contains("no cleanup"),
+        "{done}"
+    );
+    assert!(count(&done, "scanned") < 20, "{done}");
+    // A finished run cannot be cancelled; an unknown one is 404.
+    assert_eq!(cancel(first).await, 409);
+    assert_eq!(cancel(999).await, 404);
+    // The cancelled queued run never started.
+    assert!(run_state(&c, second).await["started_ms"].is_null());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_queues_runs() {
+    let src = tempfile::tempdir().expect("source dir");
+    source_file(src.path(), "a.mkv", b"v");
+    let mut job = local_job("timed", src.path(), "/timed");
+    job.schedule_secs = Some(1);
+    let c = cluster(vec![job], &[]).await;
+    let eu = c.region("eu").engine().clone();
+    let ran = wait_for(Duration::from_secs(20), || {
+        let eu = eu.clone();
+        async move { exists(&eu, "/timed/a.strm") }
+    })
+    .await;
+    assert!(ran, "no scheduled run wrote the output");
+    let runs: Value = client()
+        .get(format!("{}/api/v1/strm/runs", base(&c, "eu")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = runs
+        .as_array()
+        .and_then(|r| r.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["trigger"], "schedule", "{runs}");
+    c.shutdown().await;
+}

@@ -262,6 +262,24 @@ impl Strm {
             };
             sources.insert(job.name.clone(), source);
         }
+        for job in config.jobs.iter().filter(|j| j.mode == StrmMode::Local) {
+            tracing::warn!(
+                job = %job.name,
+                "STRM mode \"local\": Jellyfin 10.11.7 and later ignore local paths in .strm \
+                 files (\"Ignoring invalid or non-remote .strm path\"); these outputs serve Emby \
+                 and Kodi only"
+            );
+        }
+        let unroutable = ["http://0.0.0.0", "http://[::]"];
+        if config.public_url.is_none()
+            && !config.jobs.is_empty()
+            && unroutable.iter().any(|u| base_url.starts_with(u))
+        {
+            tracing::warn!(
+                %base_url,
+                "STRM links would point at an unroutable address: set strm.public_url"
+            );
+        }
         let texts = Texts {
             base_url: config
                 .public_url
