@@ -562,4 +562,54 @@ mod tests {
         assert!(err(&two).contains("overlaps"));
         assert!(err("[strm]\nsecret = \"short\"\n").contains("too short"));
     }
+
+    /// The example of the README's STRM section.
+    const README_EXAMPLE: &str = r#"region = "eu"
+[strm]
+# The cluster secret /stream/ links are signed with: the same in every region, >= 16 bytes.
+secret = "9c1f0a6e4b2d8f7a3e5c1b9d0f2a4c6e"
+# What .strm links start with. Default: http://<this region's http_listen>. A name that resolves
+# to the local region in every site (split DNS) lets each Jellyfin stream namespace content from
+# its own region.
+public_url = "http://media.example.net:8410"
+# The token CloudDrive2 must send (no token: the webhook is off).
+webhook_token = "0b7e1d2c3a4f5e6d"
+
+[[strm.jobs]]
+name = "movies"                      # a-z, 0-9, '-', '_'
+output = "/media/strm/movies"        # a namespace directory of its own
+source = { type = "local", path = "/mnt/clouddrive/115/Movies", download_url = "http://127.0.0.1:19798/static/http/115/Movies" }
+mode = "url"                         # "url" (default) or "local" (paths: Emby/Kodi only, see below)
+strategy = "full"                    # scheduled runs: "full", "skip-existing"
+max_concurrency = 10                 # files processed at once
+qps = 5.0                            # directory listings per second (0: unpaced)
+max_depth = 25                       # deeper directories are skipped with a warning
+schedule_secs = 21600                # a run every 6 hours (omit: on demand only)
+webhook_prefix = "/115/Movies"       # the path CloudDrive2 reports for `source.path`
+metadata = { mode = "copy", update = "update" }   # mode: none|copy|download; update: skip|update
+# media_extensions = ["mkv", "mp4", ...]        # defaults cover common video and audio
+# metadata_extensions = ["nfo", "jpg", "png", "srt", "ass", ...]
+# cleanup_max_percent = 50
+# cleanup_max_files = 1000
+
+[[strm.jobs]]
+name = "shows"
+output = "/media/strm/shows"
+source = { type = "openlist", url = "http://openlist.lan:5244", token = "openlist-token", root = "/115/Shows" }
+metadata = { mode = "download" }
+
+[[strm.jobs]]
+name = "library"
+output = "/media/strm/library"
+source = { type = "namespace", path = "/library" }
+"#;
+
+    #[test]
+    fn the_readme_example_parses() {
+        let c =
+            RegionConfig::from_toml_str(README_EXAMPLE, "README").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.strm.jobs.len(), 3);
+        assert_eq!(c.strm.jobs[0].webhook_prefix(), "/115/Movies");
+        assert_eq!(c.strm.jobs[1].metadata.mode, super::MetaMode::Download);
+    }
 }
