@@ -1266,3 +1266,31 @@ async fn a_schedule_queues_runs() {
     assert_eq!(last["trigger"], "schedule", "{runs}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_mass_deletion_is_held() {
+    let src = tempfile::tempdir().expect("source dir");
+    for i in 0..4 {
+        source_file(src.path(), &format!("lib/m{i}.mkv"), b"v");
+    }
+    let mut job = local_job("mass", src.path(), "/mass");
+    job.webhook_prefix = Some("/cd".into());
+    let c = cluster(vec![job], &[]).await;
+    let eu = c.region("eu").engine();
+    assert_eq!(
+        count(&run_job(&c, "mass", "full", true).await, "written"),
+        4
+    );
+    // The whole library "deleted" in one event (an unmount can look like this).
+    let body = payload(vec![item("delete", true, "/cd/lib", "")]);
+    let (status, reply) = post_webhook(&c, TOKEN, body.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{reply}");
+    let id = serde_json::from_str::<Value>(&reply).unwrap()["queued"][0]
+        .as_u64()
+        .expect("run");
+    let held = wait_run(&c, id).await;
+    assert_eq!(held["state"], "held", "{held}");
+    assert_eq!(held["held"], 4, "{held}");
+    assert!(exists(eu, "/mass/lib/m0.strm"));
+    c.shutdown().await;
+}

@@ -713,7 +713,7 @@ impl Strm {
                 .unwrap_or_default();
             run::run_confirmed(&ctx, held).await;
         } else if run.strategy == RunStrategy::Incremental {
-            run::run_incremental(&ctx, &run.changes).await;
+            run.held = run::run_incremental(&ctx, &run.changes).await;
         } else {
             run.held = run::run_scan(&ctx, run.strategy, run.cleanup_now).await;
         }

@@ -696,7 +696,7 @@ async fn cleanup(ctx: &Arc<RunCtx>, report: &ScanReport, now: bool) -> Vec<Strin
         return Vec::new();
     }
     let job = &ctx.job;
-    if n > job.cleanup_max_files || n * 100 > total * u64::from(job.cleanup_max_percent) {
+    if over_threshold(job, n, total) {
         ctx.warn(format!(
             "cleanup of {n} of {total} outputs is over the threshold ({}% or {} files): \
              held until an operator confirms it",
@@ -768,7 +768,12 @@ pub(super) async fn run_confirmed(ctx: &Arc<RunCtx>, held: Vec<String>) {
 }
 
 /// Applies webhook changes without a scan.
-pub(super) async fn run_incremental(ctx: &Arc<RunCtx>, changes: &[JobChange]) {
+pub(super) async fn run_incremental(ctx: &Arc<RunCtx>, changes: &[JobChange]) -> Vec<String> {
+    // Deletions announced by events go at once, unless together they are a mass deletion (a
+    // whole library "deleted" by an unmount looks like this): then they wait for an operator.
+    let total = lock(&ctx.outputs).len() as u64;
+    let mut held = Vec::new();
+    let mut deleting = 0u64;
     for change in changes {
         if ctx.cancel.is_cancelled() {
             ctx.warn("cancelled".into());
@@ -777,7 +782,18 @@ pub(super) async fn run_incremental(ctx: &Arc<RunCtx>, changes: &[JobChange]) {
         if let Some(src) = &change.source
             && matches!(change.action, Action::Delete | Action::Rename)
         {
-            remove_for_source(ctx, src, change.is_dir).await;
+            let outs = outputs_of_source(ctx, src, change.is_dir);
+            // A rename moves outputs (they are written again under the new name): only deletions
+            // count toward the threshold.
+            let moved = change.action == Action::Rename && change.destination.is_some();
+            if !moved {
+                deleting += outs.len() as u64;
+            }
+            if !moved && (!held.is_empty() || over_threshold(&ctx.job, deleting, total)) {
+                held.extend(outs);
+            } else {
+                delete_outputs(ctx, outs).await;
+            }
         }
         let created = match change.action {
             Action::Create => change.source.as_ref(),
@@ -788,13 +804,28 @@ pub(super) async fn run_incremental(ctx: &Arc<RunCtx>, changes: &[JobChange]) {
             produce(ctx, rel, change.is_dir).await;
         }
     }
+    if !held.is_empty() {
+        ctx.warn(format!(
+            "events delete {} of {total} outputs, over the threshold ({}% or {} files): held \
+             until an operator confirms it",
+            held.len(),
+            ctx.job.cleanup_max_percent,
+            ctx.job.cleanup_max_files
+        ));
+    }
     if let Err(e) = ctx.flush_index(true).await {
         ctx.error(format!("writing the output index: {e}"));
     }
+    held
 }
 
-async fn remove_for_source(ctx: &Arc<RunCtx>, src: &str, is_dir: bool) {
-    let outs: Vec<String> = lock(&ctx.outputs)
+/// Whether deleting `n` of a job's `total` outputs needs an operator's confirmation.
+fn over_threshold(job: &JobConfig, n: u64, total: u64) -> bool {
+    n > job.cleanup_max_files || n * 100 > total * u64::from(job.cleanup_max_percent)
+}
+
+fn outputs_of_source(ctx: &RunCtx, src: &str, is_dir: bool) -> Vec<String> {
+    lock(&ctx.outputs)
         .iter()
         .filter(|(_, r)| {
             if is_dir {
@@ -804,8 +835,7 @@ async fn remove_for_source(ctx: &Arc<RunCtx>, src: &str, is_dir: bool) {
             }
         })
         .map(|(o, _)| o.clone())
-        .collect();
-    delete_outputs(ctx, outs).await;
+        .collect()
 }
 
 async fn produce(ctx: &Arc<RunCtx>, rel: &str, is_dir: bool) {
