@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::webhook::Action;
@@ -20,6 +20,9 @@ use crate::{Error, Result};
 
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("strm_runs");
 const OUTPUTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("strm_outputs");
+
+/// Runs kept in the store: the oldest finished ones go when a new one is queued beyond this.
+pub const MAX_KEPT_RUNS: u64 = 10_000;
 
 /// Errors and warnings a run keeps at most (the counts keep counting).
 pub const MAX_RUN_MESSAGES: usize = 100;
@@ -162,6 +165,7 @@ fn job_range(job: &str) -> (Vec<u8>, Vec<u8>) {
 #[derive(Clone)]
 pub struct RunStore {
     db: std::sync::Arc<Database>,
+    max_kept: u64,
 }
 
 impl RunStore {
@@ -186,7 +190,16 @@ impl RunStore {
             }
         }
         txn.commit()?;
-        Ok(RunStore { db })
+        Ok(RunStore {
+            db,
+            max_kept: MAX_KEPT_RUNS,
+        })
+    }
+
+    /// Keeps at most `max_kept` runs (see [`MAX_KEPT_RUNS`]).
+    pub fn with_max_kept(mut self, max_kept: u64) -> Self {
+        self.max_kept = max_kept;
+        self
     }
 
     /// Queues a run; its id is assigned here.
@@ -198,6 +211,16 @@ impl RunStore {
             run.id = last + 1;
             run.state = RunState::Queued;
             runs.insert(run.id, encode("STRM run", &run)?.as_slice())?;
+            // Forget the oldest finished runs (a queued or running one stops the pruning).
+            while runs.len()? > self.max_kept {
+                let Some((k, v)) = runs.first()? else { break };
+                let (id, old): (u64, Run) = (k.value(), decode("STRM run", v.value())?);
+                drop((k, v));
+                if !old.state.is_finished() {
+                    break;
+                }
+                runs.remove(id)?;
+            }
         }
         txn.commit()?;
         Ok(run)
@@ -376,6 +399,27 @@ mod tests {
             [2, 1]
         );
         let outputs = store.outputs("a").unwrap();
+        // Pruning: the oldest finished runs go, a queued one stops it.
+        let store = store.with_max_kept(2);
+        let mut first = store.get(1).unwrap().unwrap();
+        first.state = RunState::Done;
+        store.save(&first).unwrap();
+        store.enqueue(run("c")).unwrap();
+        assert_eq!(
+            store
+                .list(10)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            [3, 2]
+        );
+        store.enqueue(run("d")).unwrap();
+        assert_eq!(
+            store.list(10).unwrap().len(),
+            3,
+            "queued runs are never pruned"
+        );
         assert_eq!(outputs["x.strm"].source, "x.mkv");
         assert!(store.outputs("ab").unwrap().is_empty());
     }
