@@ -472,7 +472,7 @@ async fn write_metadata(
     let c = ctx.clone();
     let name = split_rel(out_rel).1.to_owned();
     let r = blocking(move || {
-        let content = c.engine.content.put_file(&staged);
+        let content = ingest(&c.engine, &staged);
         if content.is_err() {
             let _ = std::fs::remove_file(&staged);
         }
@@ -483,6 +483,24 @@ async fn write_metadata(
         Ok(()) => Outcome::Written,
         Err(e) => Outcome::Failed(format!("{rel}: {e}")),
     }
+}
+
+/// Metadata files up to this size are stored from memory: `put_file` reads through a buffer of
+/// a whole chunk, far more than a poster or an `.nfo` needs.
+const SMALL_FILE_BYTES: u64 = 1 << 20;
+
+/// Stores a staged file in the content store (consuming it).
+fn ingest(engine: &Engine, staged: &Path) -> crate::Result<ContentRef> {
+    let len = std::fs::metadata(staged)
+        .map_err(|e| Error::io("stat", staged, e))?
+        .len();
+    if len > SMALL_FILE_BYTES {
+        return engine.content.put_file(staged);
+    }
+    let data = std::fs::read(staged).map_err(|e| Error::io("read", staged, e))?;
+    let content = engine.content.put_bytes(&data)?;
+    let _ = std::fs::remove_file(staged);
+    Ok(content)
 }
 
 /// Gets a metadata file into `staged`: copy first (download on an I/O error), or download.
