@@ -185,6 +185,10 @@ struct Inner {
     store: RunStore,
     wake: Notify,
     current: Mutex<Option<Current>>,
+    /// Each job's output index as the last run left it (runs are one at a time, and every index
+    /// change goes through the run, so this matches the store). Saves reading a large index for
+    /// every webhook run.
+    indexes: Mutex<HashMap<String, HashMap<String, runs::OutputRecord>>>,
 }
 
 /// A region's STRM engine (see the module docs). Cheap to clone.
@@ -300,6 +304,7 @@ impl Strm {
                 store,
                 wake: Notify::new(),
                 current: Mutex::new(None),
+                indexes: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -698,13 +703,17 @@ impl Strm {
             self.inner.client.clone(),
         );
         let id = run.id;
-        let ctx = blocking(move || {
-            RunCtx::new(
-                id, job, source, engine, texts, client, progress, cancel, store,
-            )
-        })
-        .await?;
-        let ctx = Arc::new(ctx);
+        let cached = lock(&self.inner.indexes).remove(&run.job);
+        let outputs = match cached {
+            Some(o) => o,
+            None => {
+                let (store, job) = (store.clone(), run.job.clone());
+                blocking(move || store.outputs(&job)).await?
+            }
+        };
+        let ctx = Arc::new(RunCtx::new(
+            id, job, source, engine, texts, client, progress, cancel, store, outputs,
+        ));
         if let Some(of) = run.confirms {
             let store = self.inner.store.clone();
             let held = blocking(move || store.get(of))
@@ -718,6 +727,9 @@ impl Strm {
             run.held = run::run_scan(&ctx, run.strategy, run.cleanup_now).await;
         }
         ctx.finish_into(run);
+        if let Some(outputs) = ctx.take_outputs() {
+            lock(&self.inner.indexes).insert(run.job.clone(), outputs);
+        }
         Ok(())
     }
 }

@@ -149,10 +149,10 @@ impl RunCtx {
         progress: Arc<Progress>,
         cancel: CancellationToken,
         store: RunStore,
-    ) -> crate::Result<RunCtx> {
-        let outputs = store.outputs(&job.name)?;
+        outputs: HashMap<String, OutputRecord>,
+    ) -> RunCtx {
         let lower = |l: &[String]| l.iter().map(|e| e.to_ascii_lowercase()).collect();
-        Ok(RunCtx {
+        RunCtx {
             run_id,
             media: lower(&job.media_extensions),
             metadata: lower(&job.metadata_extensions),
@@ -169,7 +169,16 @@ impl RunCtx {
             pending_index: Mutex::new(Vec::new()),
             seen: Mutex::new(HashSet::new()),
             messages: Mutex::new((Vec::new(), Vec::new())),
-        })
+        }
+    }
+
+    /// The job's output index as this run left it, when every change of it is stored (so it can
+    /// serve the next run without reading the store again).
+    pub fn take_outputs(&self) -> Option<HashMap<String, OutputRecord>> {
+        let pending = lock(&self.pending_index);
+        pending
+            .is_empty()
+            .then(|| std::mem::take(&mut *lock(&self.outputs)))
     }
 
     fn error(&self, m: String) {

@@ -20,6 +20,8 @@ use crate::{Error, Result};
 
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("strm_runs");
 const OUTPUTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("strm_outputs");
+/// The ids of queued runs: the next run to serve is the first key.
+const QUEUED: TableDefinition<u64, ()> = TableDefinition::new("strm_queued");
 
 /// Runs kept in the store: the oldest finished ones go when a new one is queued beyond this.
 pub const MAX_KEPT_RUNS: u64 = 10_000;
@@ -174,6 +176,7 @@ impl RunStore {
         let txn = db.begin_write()?;
         {
             let mut runs = txn.open_table(RUNS)?;
+            let mut queued = txn.open_table(QUEUED)?;
             txn.open_table(OUTPUTS)?;
             let mut interrupted = Vec::new();
             for item in runs.iter()? {
@@ -187,6 +190,7 @@ impl RunStore {
                 run.state = RunState::Queued;
                 run.warn("interrupted by a region stop; queued again".into());
                 runs.insert(run.id, encode("STRM run", &run)?.as_slice())?;
+                queued.insert(run.id, ())?;
             }
         }
         txn.commit()?;
@@ -211,6 +215,7 @@ impl RunStore {
             run.id = last + 1;
             run.state = RunState::Queued;
             runs.insert(run.id, encode("STRM run", &run)?.as_slice())?;
+            txn.open_table(QUEUED)?.insert(run.id, ())?;
             // Forget the oldest finished runs (a queued or running one stops the pruning).
             while runs.len()? > self.max_kept {
                 let Some((k, v)) = runs.first()? else { break };
@@ -231,6 +236,14 @@ impl RunStore {
         let txn = self.db.begin_write()?;
         txn.open_table(RUNS)?
             .insert(run.id, encode("STRM run", run)?.as_slice())?;
+        {
+            let mut queued = txn.open_table(QUEUED)?;
+            if run.state == RunState::Queued {
+                queued.insert(run.id, ())?;
+            } else {
+                queued.remove(run.id)?;
+            }
+        }
         txn.commit()?;
         Ok(())
     }
@@ -247,11 +260,14 @@ impl RunStore {
     pub fn next_queued(&self) -> Result<Option<Run>> {
         let txn = self.db.begin_read()?;
         let runs = txn.open_table(RUNS)?;
-        for item in runs.iter()? {
-            let (_, v) = item?;
-            let run: Run = decode("STRM run", v.value())?;
-            if run.state == RunState::Queued {
-                return Ok(Some(run));
+        let queued = txn.open_table(QUEUED)?;
+        for item in queued.iter()? {
+            let (id, _) = item?;
+            if let Some(v) = runs.get(id.value())? {
+                let run: Run = decode("STRM run", v.value())?;
+                if run.state == RunState::Queued {
+                    return Ok(Some(run));
+                }
             }
         }
         Ok(None)
