@@ -290,12 +290,12 @@ impl JobConfig {
                     ));
                 }
                 if let Some(url) = download_url {
-                    check_http_url(url)
+                    check_fetch_url(url)
                         .map_err(|m| Problem::new(format!("{at}.source.download_url"), m))?;
                 }
             }
             SourceConfig::Openlist { url, root, .. } => {
-                check_http_url(url).map_err(|m| Problem::new(format!("{at}.source.url"), m))?;
+                check_fetch_url(url).map_err(|m| Problem::new(format!("{at}.source.url"), m))?;
                 check_prefix(root).map_err(|m| Problem::new(format!("{at}.source.root"), m))?;
             }
             SourceConfig::Namespace { path } => {
@@ -414,6 +414,21 @@ fn check_http_url(url: &str) -> Result<(), String> {
     }
     if url.contains(['?', '#', ' ', '\0']) {
         return bad("expected no query, fragment or spaces");
+    }
+    Ok(())
+}
+
+/// A URL the region itself requests: `http://` only (the HTTP client has no TLS backend).
+fn check_fetch_url(url: &str) -> Result<(), String> {
+    check_http_url(url)?;
+    if !url
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    {
+        return Err(format!(
+            "invalid URL {url:?}: https is not supported for sources yet (no TLS client): \
+             use an http:// address, e.g. a local reverse proxy"
+        ));
     }
     Ok(())
 }
@@ -561,6 +576,15 @@ mod tests {
         );
         assert!(err(&two).contains("overlaps"));
         assert!(err("[strm]\nsecret = \"short\"\n").contains("too short"));
+        let tls = format!(
+            "[strm]\n{SECRET}[[strm.jobs]]\nname = \"a\"\noutput = \"/o\"\n\
+             source = {{ type = \"openlist\", url = \"https://ol.example\" }}\n"
+        );
+        let e = err(&tls);
+        assert!(
+            e.contains("strm.jobs[0].source.url") && e.contains("https"),
+            "{e}"
+        );
     }
 
     /// The example of the README's STRM section.
