@@ -52,6 +52,9 @@ pub enum Command {
     Rm(RmArgs),
     /// Create a directory in a region's namespace.
     Mkdir(MkdirArgs),
+    /// STRM jobs: list them, run them, follow runs, confirm held cleanups.
+    #[command(subcommand)]
+    Strm(crate::strm::StrmCommand),
 }
 
 #[derive(Args, Debug)]

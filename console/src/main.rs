@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod mounts;
 mod serve;
+mod strm;
 
 use std::process::ExitCode;
 
@@ -51,5 +52,6 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Put(args) => client::put(args).await,
         Command::Rm(args) => client::rm(args).await,
         Command::Mkdir(args) => client::mkdir(args).await,
+        Command::Strm(command) => strm::strm(command).await,
     }
 }

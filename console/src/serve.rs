@@ -217,10 +217,11 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     } else {
         Some(geosync::tui::log_to_file(&args.dir.join("logs"), "demo")?)
     };
-    let (coordinator_config, region_configs) =
+    let (coordinator_config, mut region_configs) =
         demo_configs(&args.dir, &args.regions, args.base_port)?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    crate::strm::demo_setup(&args.dir, &mut region_configs)?;
     let coordinator = start_coordinator(&coordinator_config).await?;
     let mut regions = Vec::new();
     for config in region_configs {

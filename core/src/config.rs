@@ -37,6 +37,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::clock::RegionId;
 use crate::conflict::{ConflictPolicy, Strategy};
 
+mod strm;
+pub use strm::*;
+
 /// The coordinator's default gRPC port.
 pub const DEFAULT_COORDINATOR_PORT: u16 = 7400;
 /// The first region's default gRPC port.
@@ -1424,6 +1427,9 @@ pub struct RegionConfig {
     pub sync: SyncConfig,
     #[serde(default)]
     pub conflicts: ConflictConfig,
+    /// STRM jobs this region runs (none by default).
+    #[serde(default)]
+    pub strm: StrmConfig,
 }
 
 impl RegionConfig {
@@ -1443,6 +1449,7 @@ impl RegionConfig {
             heartbeat: HeartbeatConfig::default(),
             sync: SyncConfig::default(),
             conflicts: ConflictConfig::default(),
+            strm: StrmConfig::default(),
         }
     }
 
@@ -1507,6 +1514,7 @@ impl Checkable for RegionConfig {
         self.heartbeat.check("heartbeat")?;
         self.sync.check("sync")?;
         self.conflicts.check("conflicts")?;
+        self.strm.check_with_mount("strm", self.mount.as_deref())?;
         resolve_http_listen(self.listen, &mut self.http_listen)
     }
 }
@@ -1567,6 +1575,31 @@ default = "lww"
 # prefix = "/media"
 # strategy = "primary-wins"
 # primary = "eu"
+
+# STRM jobs: media libraries turned into Jellyfin .strm files in the namespace.
+# [strm]
+# The cluster secret /stream/ links are signed with: the same in every region.
+# secret = "change-me-to-a-long-random-string"
+# The base URL written into .strm files. Default: http://<http_listen>.
+# public_url = "http://127.0.0.1:8410"
+# The token CloudDrive2 sends in its Authorization header (no token: no webhook).
+# webhook_token = "change-me-too"
+#
+# [[strm.jobs]]
+# name = "movies"
+# output = "/media/strm/movies"
+# "url" (signed links, the default) or "local" (paths: Emby/Kodi only).
+# mode = "url"
+# "full", "incremental" or "skip-existing": what scheduled runs do.
+# strategy = "full"
+# max_concurrency = 10
+# Directory listings per second (0: unpaced).
+# qps = 0.0
+# max_depth = 25
+# Seconds between scheduled runs (none: on demand only).
+# schedule_secs = 21600
+# source = { type = "local", path = "/mnt/clouddrive/movies" }
+# metadata = { mode = "copy", update = "update" }
 "#;
 
 #[cfg(test)]

@@ -12,7 +12,9 @@
 //! - `GET /metrics` (see [`region_metrics`]);
 //! - `GET /api/sync/status`: `{"epoch": "<the epoch it follows>", "versions": {"<region>": <applied seq>}, "head": <applied seq>}`
 //!   (the epoch is `""` until the region first synced with a coordinator);
-//! - `GET /healthz`: `ok`.
+//! - `GET /healthz`: `ok`;
+//! - the STRM routes: `GET /stream/<path>`, `POST /api/v1/webhook/clouddrive` and the
+//!   `/api/v1/strm/` API (see [`strm`]).
 //!
 //! Unknown paths get 404 and other methods 405. Store reads run on the
 //! blocking pool; a failing one answers 500 with the error as text. The servers
@@ -41,6 +43,8 @@ use crate::coordinator::{ClusterView, Coordinator, Counters};
 use crate::node::RegionStatus;
 use crate::queue::QueueStats;
 use crate::{Engine, Error};
+
+pub mod strm;
 
 /// The content type of the Prometheus text exposition format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -484,6 +488,10 @@ pub struct RegionHttp {
     pub engine: Arc<Engine>,
     pub region: RegionId,
     pub status: Arc<RegionStatus>,
+    /// The region's STRM engine (`/stream/`, the webhook, the STRM API).
+    pub strm: crate::strm::Strm,
+    /// Where cold content comes from (for `/stream/`).
+    pub chunks: Arc<dyn crate::node::fetch::ChunkSource>,
 }
 
 async fn region_metrics_handler(State(r): State<RegionHttp>) -> Result<Response, Failure> {
@@ -514,6 +522,7 @@ pub fn region_router(state: RegionHttp) -> Router {
         .route("/metrics", get(region_metrics_handler))
         .route("/api/sync/status", get(region_sync_status))
         .route("/healthz", get(healthz))
+        .merge(strm::routes())
         .with_state(state)
 }
 

@@ -10,6 +10,7 @@
 //! - [`coordinator`]: the change log, conflicts, regions and quorum.
 //! - [`wire`]: conversions to and from the gRPC wire types.
 //! - [`node`]: the region runtime and the services a region offers.
+//! - [`strm`]: STRM jobs: media libraries to `.strm` files in the namespace, run queue, webhook.
 //! - [`http`]: the HTTP surface (metrics, sync status, quorum, health) of every process.
 //! - [`rpc`]: the gRPC boundary: error statuses and message limits.
 //! - [`Engine`]: a region's local state (all of the above) opened from one directory.
@@ -28,6 +29,7 @@ pub mod node;
 pub mod queue;
 pub mod rpc;
 pub mod store;
+pub mod strm;
 pub mod wire;
 
 pub use engine::{Engine, EngineConfig};

@@ -219,7 +219,14 @@ impl Cluster {
 
     /// Starts (or restarts) a region with its data kept.
     pub async fn start_region(&mut self, name: &str) {
-        let config = self.region_config(name);
+        self.start_region_with(name, |_| {}).await;
+    }
+
+    /// [`Cluster::start_region`] after `edit` adjusted the region's configuration (STRM jobs,
+    /// a mount, ...).
+    pub async fn start_region_with(&mut self, name: &str, edit: impl FnOnce(&mut RegionConfig)) {
+        let mut config = self.region_config(name);
+        edit(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind region");
         let http = TcpListener::bind("127.0.0.1:0")
             .await

@@ -180,6 +180,7 @@ pub struct RegionNode {
     status: Arc<RegionStatus>,
     chunks: Arc<dyn ChunkSource>,
     locator: Arc<dyn Locator>,
+    strm: crate::strm::Strm,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -254,11 +255,21 @@ impl RegionNode {
                 tracing::error!(error = %e, "region gRPC server failed");
             }
         }));
+        let strm = crate::strm::Strm::open(
+            engine.clone(),
+            config.strm.clone(),
+            format!("http://{}", config.http_addr()),
+            config.mount.clone(),
+            chunk_source.clone(),
+        )?;
+        tasks.extend(strm.start(shutdown.clone()));
         if let Some(listener) = http {
             let state = crate::http::RegionHttp {
                 engine: engine.clone(),
                 region: config.region.clone(),
                 status: status.clone(),
+                strm: strm.clone(),
+                chunks: chunk_source.clone(),
             };
             tasks.push(tokio::spawn(crate::http::serve_region(
                 state,
@@ -297,6 +308,7 @@ impl RegionNode {
             status,
             chunks: chunk_source,
             locator,
+            strm,
             shutdown,
             tasks,
         })
@@ -311,6 +323,11 @@ impl RegionNode {
     /// Tells which regions hold a content version.
     pub fn locator(&self) -> Arc<dyn Locator> {
         self.locator.clone()
+    }
+
+    /// The region's STRM engine.
+    pub fn strm(&self) -> &crate::strm::Strm {
+        &self.strm
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
