@@ -567,7 +567,19 @@ async fn ordinary_tools_work_across_two_regions() {
     ));
     assert_eq!(newer.trim(), "./Movies/fresh.txt", "{newer}");
 
-    // mv and rm -r in us reach eu.
+    // mv and rm -r in us reach eu. The removal must follow every version of
+    // fresh.txt (touch creates, then sets times): a delete concurrent with a
+    // write it has not seen loses to the write, by design.
+    let fresh_mtime = fs::metadata(eu.join("lib/Movies/fresh.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(
+        wait_until(SETTLE, || fs::metadata(us.join("lib/Movies/fresh.txt"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t == fresh_mtime)),
+        "fresh.txt's last version reached us"
+    );
     sh(&format!("mv {0}/lib/Shows {0}/lib/Series", us.display()));
     sh(&format!("rm -r {}/lib/Movies/fresh.txt", us.display()));
     assert!(
