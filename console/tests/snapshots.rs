@@ -390,7 +390,12 @@ fn strm_run(
         id,
         job: job.into(),
         strategy: "full".into(),
-        trigger: if id % 2 == 0 { "console" } else { "schedule" }.into(),
+        trigger: if id.is_multiple_of(2) {
+            "console"
+        } else {
+            "schedule"
+        }
+        .into(),
         state: state.into(),
         counts: geosync::strm_api::Counts {
             scanned,
