@@ -282,7 +282,7 @@ async fn strm_operation(operation: &Operation) -> Result<(), String> {
                 let api = strm_api::Api::new(http, REQUEST_TIMEOUT)?;
                 api.cancel(*run).await
             }
-            _ => Ok(()),
+            other => anyhow::bail!("{} is not a STRM operation", other.describe()),
         }
     };
     call.await.map_err(|e| format!("{e:#}"))
@@ -331,7 +331,9 @@ pub async fn run_operation(
                 .map(drop),
             Operation::StrmRun { .. }
             | Operation::StrmConfirm { .. }
-            | Operation::StrmCancel { .. } => Ok(()),
+            | Operation::StrmCancel { .. } => Err(tonic::Status::internal(
+                "a STRM operation goes to the region's HTTP API, not the Admin service",
+            )),
         }
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
