@@ -7,17 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+pub use geosync::strm_api::DEFAULT_REGION_HTTP;
+use geosync::strm_api::{Api, REQUEST_TIMEOUT};
 use geosync_core::config::{JobConfig, RegionConfig, SourceConfig};
 use serde_json::{Value, json};
 
-/// The region HTTP URL when none is given (the first demo region).
-pub const DEFAULT_REGION_HTTP: &str = "http://127.0.0.1:8410";
-
 /// How often `strm run` looks at its run's progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// How long one API request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Width of the progress bar, in characters.
 const BAR_WIDTH: usize = 30;
@@ -86,46 +82,9 @@ pub enum StrmCommand {
     },
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(region: &RegionHttp) -> Result<Api> {
-        let base = region.http.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            bail!("--http {base:?}: expected the region's HTTP URL, such as {DEFAULT_REGION_HTTP}");
-        }
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(Api { base, http })
-    }
-
-    async fn answer(&self, what: &str, request: reqwest::RequestBuilder) -> Result<Value> {
-        let resp = request
-            .send()
-            .await
-            .with_context(|| format!("{what}: cannot reach the region at {}", self.base))?;
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("{what}: {} ({status})", body.trim());
-        }
-        serde_json::from_str(&body).with_context(|| format!("{what}: unreadable answer {body:?}"))
-    }
-
-    async fn get(&self, path: &str) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        self.answer(path, self.http.get(&url)).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        self.answer(path, self.http.post(&url).json(&body)).await
-    }
+/// The region's STRM API for a subcommand.
+fn api(region: &RegionHttp) -> Result<Api> {
+    Api::new(&region.http, REQUEST_TIMEOUT)
 }
 
 fn n(v: &Value) -> u64 {
@@ -161,7 +120,7 @@ fn run_line(run: &Value) -> String {
 pub async fn strm(command: StrmCommand) -> Result<()> {
     match command {
         StrmCommand::Jobs { region, json } => {
-            let jobs = Api::new(&region)?.get("/api/v1/strm/jobs").await?;
+            let jobs = api(&region)?.get("/api/v1/strm/jobs").await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
                 return Ok(());
@@ -199,7 +158,7 @@ pub async fn strm(command: StrmCommand) -> Result<()> {
             no_wait,
             region,
         } => {
-            let api = Api::new(&region)?;
+            let api = api(&region)?;
             let strategy = match (full, incremental, skip_existing) {
                 (true, _, _) => Some("full"),
                 (_, true, _) => Some("incremental"),
@@ -229,7 +188,7 @@ pub async fn strm(command: StrmCommand) -> Result<()> {
             limit,
             json,
         } => {
-            let runs = Api::new(&region)?
+            let runs = api(&region)?
                 .get(&format!("/api/v1/strm/runs?limit={limit}"))
                 .await?;
             if json {
@@ -253,14 +212,14 @@ pub async fn strm(command: StrmCommand) -> Result<()> {
             Ok(())
         }
         StrmCommand::Cancel { run, region } => {
-            Api::new(&region)?
+            api(&region)?
                 .post(&format!("/api/v1/strm/runs/{run}/cancel"), json!({}))
                 .await?;
             println!("run {run} cancelled");
             Ok(())
         }
         StrmCommand::ConfirmCleanup { run, region } => {
-            let api = Api::new(&region)?;
+            let api = api(&region)?;
             let reply = api
                 .post(
                     &format!("/api/v1/strm/runs/{run}/confirm-cleanup"),

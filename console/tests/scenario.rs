@@ -291,3 +291,71 @@ async fn readonly_refuses_actions_and_a_dead_coordinator_shows_and_recovers() {
     c.shutdown().await;
     cluster.shutdown().await;
 }
+
+/// eu runs STRM job `media` over a local folder, us runs none: the STRM view
+/// shows both, `r` runs the job after a confirmation naming it, and the run
+/// is followed to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_a_strm_job_from_the_strm_view_and_sees_it_finish() {
+    use geosync_core::config::{JobConfig, SourceConfig, StrmConfig};
+    let source = tempfile::tempdir().expect("source dir");
+    std::fs::write(source.path().join("film.mkv"), b"not really a film").expect("write");
+    std::fs::write(source.path().join("show.mp4"), b"nor a show").expect("write");
+    let strm = |jobs| StrmConfig {
+        secret: Some("console-test-secret-0123456789".into()),
+        public_url: None,
+        webhook_token: None,
+        jobs,
+    };
+    let job = JobConfig::new(
+        "media",
+        SourceConfig::Local {
+            path: source.path().to_path_buf(),
+            download_url: None,
+        },
+        "/strm/media",
+    );
+    let mut cluster = Cluster::start(&[], StrategyName::Lww).await;
+    let eu = strm(vec![job]);
+    cluster.start_region_with("eu", |r| r.strm = eu).await;
+    cluster
+        .start_region_with("us", |r| r.strm = strm(Vec::new()))
+        .await;
+    let mut console = console(&cluster, false);
+    settle(&mut console, "both regions registered", |a| {
+        a.strm_regions().len() == 2
+    })
+    .await;
+    press(&mut console, KeyCode::Char('6'));
+    assert_eq!(console.app.view, View::Strm);
+    settle(&mut console, "the jobs of both regions", |a| {
+        let loaded = |r: &str| a.strm.get(r).and_then(|s| s.snapshot.as_ref());
+        loaded("eu").is_some_and(|s| s.jobs.len() == 1) && loaded("us").is_some()
+    })
+    .await;
+    let shown = screen(&console.app);
+    assert!(shown.contains("media"), "{shown}");
+    assert!(shown.contains("region us: no STRM jobs"), "{shown}");
+
+    press(&mut console, KeyCode::Char('r'));
+    let question = console
+        .app
+        .confirmation
+        .as_ref()
+        .map(|c| c.question.clone())
+        .expect("a run asks first");
+    assert!(
+        question.contains("job media (full) in region eu"),
+        "{question}"
+    );
+    press(&mut console, KeyCode::Char('y'));
+    settle(&mut console, "the console's run of media is done", |a| {
+        a.strm_runs_of("eu", "media")
+            .any(|r| r.trigger == "console" && r.state == "done" && r.counts.written == 2)
+    })
+    .await;
+    let shown = screen(&console.app);
+    assert!(shown.contains("done"), "{shown}");
+    console.shutdown().await;
+    cluster.shutdown().await;
+}

@@ -376,3 +376,145 @@ fn tiny_and_odd_sizes_do_not_panic() {
         }
     }
 }
+
+fn strm_run(
+    id: u64,
+    job: &str,
+    state: &str,
+    counts: [u64; 6],
+    ago_ms: u64,
+) -> geosync::strm_api::Run {
+    let [scanned, written, unchanged, skipped, deleted, failed] = counts;
+    let active = matches!(state, "queued" | "running");
+    geosync::strm_api::Run {
+        id,
+        job: job.into(),
+        strategy: "full".into(),
+        trigger: if id.is_multiple_of(2) {
+            "console"
+        } else {
+            "schedule"
+        }
+        .into(),
+        state: state.into(),
+        counts: geosync::strm_api::Counts {
+            scanned,
+            written,
+            unchanged,
+            skipped,
+            deleted,
+            failed,
+        },
+        errors: if state == "failed" {
+            vec!["source /srv/tv: permission denied".into()]
+        } else {
+            Vec::new()
+        },
+        held: if state == "held" { 240 } else { 0 },
+        confirmed_by: None,
+        created_ms: NOW - ago_ms - 1_000,
+        started_ms: Some(NOW - ago_ms),
+        finished_ms: (!active).then_some(NOW - ago_ms + 500),
+    }
+}
+
+/// The app on the STRM view: region eu runs two jobs (one running, one with
+/// a held cleanup), us runs none, ap's API is unreachable.
+fn strm_app() -> App {
+    use geosync::tui::action::StrmSnapshot;
+    let mut a = app(View::Strm);
+    let mut view = cluster(1200, true);
+    for (i, r) in view.regions.iter_mut().enumerate() {
+        r.http_endpoint = format!("http://127.0.0.1:841{i}");
+    }
+    a.update(Action::Cluster(view));
+    let runs = vec![
+        strm_run(42, "media", "running", [1830, 12, 1790, 0, 0, 0], 12_000),
+        strm_run(41, "media", "done", [5210, 3, 5207, 0, 1, 0], 3_600_000),
+        strm_run(39, "movies", "held", [880, 0, 640, 0, 0, 0], 7_200_000),
+        strm_run(38, "tv", "failed", [0, 0, 0, 0, 0, 1], 9_000_000),
+    ];
+    let job = |name: &str, source: &str, mode: &str, last: Option<usize>| geosync::strm_api::Job {
+        name: name.into(),
+        source: source.into(),
+        output: format!("/strm/{name}"),
+        mode: mode.into(),
+        strategy: "full".into(),
+        last_run: last.map(|i| runs[i].clone()),
+    };
+    let jobs = vec![
+        job("media", "/srv/media", "local", Some(0)),
+        job(
+            "movies",
+            "openlist http://alist:5244/movies",
+            "openlist",
+            Some(2),
+        ),
+        job("tv", "/srv/tv", "local", Some(3)),
+    ];
+    a.update(Action::Strm {
+        region: "eu".into(),
+        result: Ok(StrmSnapshot { jobs, runs }),
+    });
+    a.update(Action::Strm {
+        region: "us".into(),
+        result: Ok(StrmSnapshot::default()),
+    });
+    a.update(Action::Strm {
+        region: "ap".into(),
+        result: Err("cannot reach the region at http://127.0.0.1:8412".into()),
+    });
+    a.update(Action::Tick(NOW));
+    a
+}
+
+#[test]
+fn strm() {
+    snapshot("strm", &strm_app());
+}
+
+#[test]
+fn strm_confirm_cleanup_names_the_run_job_and_deletions() {
+    let mut a = strm_app();
+    a.update(Action::Down);
+    a.update(Action::StrmConfirm);
+    let c = a.confirmation.as_ref().expect("a confirmation");
+    assert!(
+        c.question.contains("run 39") && c.question.contains("movies"),
+        "{}",
+        c.question
+    );
+    assert!(c.question.contains("240"), "{}", c.question);
+    snapshot("strm_confirm_cleanup", &a);
+}
+
+#[test]
+fn strm_actions_need_a_target_and_readonly_refuses_them() {
+    let mut a = strm_app();
+    // media has no held cleanup; tv has no active run.
+    a.update(Action::StrmConfirm);
+    assert!(a.confirmation.is_none());
+    a.update(Action::Bottom);
+    a.update(Action::StrmCancel);
+    assert!(a.confirmation.is_none());
+    a.update(Action::Top);
+    a.update(Action::StrmCancel);
+    assert!(
+        a.confirmation
+            .as_ref()
+            .is_some_and(|c| c.question.contains("cancel run 42")),
+        "{:?}",
+        a.confirmation
+    );
+    a.update(Action::Escape);
+    a.options.readonly = true;
+    a.update(Action::StrmRun("full"));
+    assert!(a.confirmation.is_none());
+    assert!(
+        a.message
+            .as_ref()
+            .is_some_and(|m| m.text.contains("read-only")),
+        "{:?}",
+        a.message
+    );
+}

@@ -4,6 +4,15 @@
 
 use geosync_proto::v1;
 
+use crate::strm_api;
+
+/// A region's STRM jobs and its recent runs (newest first), as last fetched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StrmSnapshot {
+    pub jobs: Vec<strm_api::Job>,
+    pub runs: Vec<strm_api::Run>,
+}
+
 /// The console's views, in tab order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum View {
@@ -12,16 +21,18 @@ pub enum View {
     Conflicts,
     Cluster,
     Events,
+    Strm,
 }
 
 impl View {
     /// Every view in tab order (`1`..).
-    pub const ALL: [View; 5] = [
+    pub const ALL: [View; 6] = [
         View::Overview,
         View::Queues,
         View::Conflicts,
         View::Cluster,
         View::Events,
+        View::Strm,
     ];
 
     /// The view's place in the tab order, from 0.
@@ -42,6 +53,7 @@ impl View {
             View::Conflicts => "conflicts",
             View::Cluster => "cluster",
             View::Events => "events",
+            View::Strm => "strm",
         }
     }
 
@@ -124,6 +136,30 @@ pub enum Operation {
     Resume(String),
     /// Make a region rebuild from a snapshot.
     Resync(String),
+    /// Queue a run of a region's STRM job (through the region's HTTP API at `http`).
+    StrmRun {
+        region: String,
+        http: String,
+        job: String,
+        /// `full` or `skip-existing`.
+        strategy: String,
+    },
+    /// Let a held STRM cleanup go ahead.
+    StrmConfirm {
+        region: String,
+        http: String,
+        run: u64,
+        job: String,
+        /// How many outputs it deletes.
+        deletions: u64,
+    },
+    /// Cancel a queued or running STRM run.
+    StrmCancel {
+        region: String,
+        http: String,
+        run: u64,
+        job: String,
+    },
 }
 
 impl Operation {
@@ -142,6 +178,25 @@ impl Operation {
             Operation::Pause(region) => format!("pause region {region}"),
             Operation::Resume(region) => format!("resume region {region}"),
             Operation::Resync(region) => format!("resync region {region} from a snapshot"),
+            Operation::StrmRun {
+                region,
+                job,
+                strategy,
+                ..
+            } => format!("run STRM job {job} ({strategy}) in region {region}"),
+            Operation::StrmConfirm {
+                region,
+                run,
+                job,
+                deletions,
+                ..
+            } => format!(
+                "confirm the cleanup of run {run} of STRM job {job} in region {region}: \
+                 delete {deletions} output(s)"
+            ),
+            Operation::StrmCancel {
+                region, run, job, ..
+            } => format!("cancel run {run} of STRM job {job} in region {region}"),
         }
     }
 }
@@ -161,6 +216,8 @@ pub enum Request {
         hash: Vec<u8>,
         endpoints: Vec<String>,
     },
+    /// Fetch a region's STRM jobs and recent runs from its HTTP API at `http`.
+    LoadStrm { region: String, http: String },
 }
 
 /// Everything that changes the app state.
@@ -173,7 +230,7 @@ pub enum Action {
     NextView,
     /// The previous view (Shift-Tab).
     PrevView,
-    /// A given view (`1`..`5`).
+    /// A given view (`1`..`6`).
     Show(View),
     /// Selection up one row.
     Up,
@@ -227,6 +284,12 @@ pub enum Action {
     TogglePause,
     /// Resync the chosen region (asks first).
     Resync,
+    /// Run the chosen STRM job (asks first) with this strategy: `full` or `skip-existing`.
+    StrmRun(&'static str),
+    /// Confirm the held cleanup of the chosen STRM job (asks first).
+    StrmConfirm,
+    /// Cancel the chosen STRM job's active run (asks first).
+    StrmCancel,
     /// Run a command line (as typed after `:`).
     Command(String),
 
@@ -252,6 +315,11 @@ pub enum Action {
     Content {
         hash: Vec<u8>,
         data: Result<Vec<u8>, String>,
+    },
+    /// A region's STRM jobs and recent runs, or why they could not be fetched.
+    Strm {
+        region: String,
+        result: Result<StrmSnapshot, String>,
     },
     /// The outcome of an operation.
     Done {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use geosync_proto::v1;
 
-use super::action::{Action, Choice, Operation, Request, View};
+use super::action::{Action, Choice, Operation, Request, StrmSnapshot, View};
 use super::strings;
 
 /// Rows moved by PageUp / PageDown.
@@ -117,6 +117,17 @@ pub enum ContentState {
     Loading,
     Loaded(Vec<u8>),
     Failed(String),
+}
+
+/// What the console knows of one region's STRM jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StrmRegion {
+    /// The jobs and recent runs, as last fetched.
+    pub snapshot: Option<StrmSnapshot>,
+    /// Why the last fetch failed, if it did.
+    pub error: Option<String>,
+    /// A fetch is under way.
+    pub loading: bool,
 }
 
 /// The filtered conflict list and what it was computed from.
@@ -236,6 +247,10 @@ pub struct App {
     pub item_sel: Selection<u64>,
     /// Content versions for diffs, by content id.
     pub contents: HashMap<Vec<u8>, ContentState>,
+    /// Each region's STRM jobs and runs, by region id.
+    pub strm: BTreeMap<String, StrmRegion>,
+    /// The STRM job selected: (region, job).
+    pub strm_sel: Selection<(String, String)>,
     /// The console should end.
     pub quit: bool,
 }
@@ -273,6 +288,8 @@ impl App {
             version_sel: 0,
             item_sel: Selection::default(),
             contents: HashMap::new(),
+            strm: BTreeMap::new(),
+            strm_sel: Selection::default(),
             quit: false,
         }
     }
@@ -401,9 +418,63 @@ impl App {
         self.queue.iter().find(|i| i.id == *id)
     }
 
+    /// The regions the STRM view shows: those with an HTTP endpoint, in
+    /// cluster order.
+    pub fn strm_regions(&self) -> Vec<&v1::RegionStatus> {
+        self.cluster.as_ref().map_or_else(Vec::new, |c| {
+            c.regions
+                .iter()
+                .filter(|r| !r.http_endpoint.is_empty())
+                .collect()
+        })
+    }
+
+    /// The STRM jobs the STRM view lists (filtered), as (region, job) keys,
+    /// region by region.
+    pub fn strm_job_keys(&self) -> Vec<(String, String)> {
+        let mut keys = Vec::new();
+        for r in self.strm_regions() {
+            let Some(snap) = self.strm.get(&r.id).and_then(|s| s.snapshot.as_ref()) else {
+                continue;
+            };
+            for j in &snap.jobs {
+                let text = format!("{} {} {} {}", r.id, j.name, j.source, j.output);
+                if self.matches(View::Strm, &text) {
+                    keys.push((r.id.clone(), j.name.clone()));
+                }
+            }
+        }
+        keys
+    }
+
+    /// The STRM job selected in the STRM view, with its region.
+    pub fn selected_strm_job(&self) -> Option<(&v1::RegionStatus, &crate::strm_api::Job)> {
+        let keys = self.strm_job_keys();
+        let (region, job) = self.strm_sel.current(&keys)?;
+        let r = self.strm_regions().into_iter().find(|r| &r.id == region)?;
+        let snap = self.strm.get(region)?.snapshot.as_ref()?;
+        let j = snap.jobs.iter().find(|j| &j.name == job)?;
+        Some((r, j))
+    }
+
+    /// The recent runs of a region's job, newest first.
+    pub fn strm_runs_of<'a>(
+        &'a self,
+        region: &str,
+        job: &'a str,
+    ) -> impl Iterator<Item = &'a crate::strm_api::Run> + 'a {
+        self.strm
+            .get(region)
+            .and_then(|s| s.snapshot.as_ref())
+            .map_or(&[][..], |s| s.runs.as_slice())
+            .iter()
+            .filter(move |r| r.job == job)
+    }
+
     /// The selected row of the current view's list, for the views.
     pub fn selected_row(&self, view: View) -> Option<usize> {
         match view {
+            View::Strm => self.strm_sel.resolve(&self.strm_job_keys()),
             View::Overview => self.region_sel.resolve(&self.region_keys()),
             View::Conflicts => self.selected_conflict_row(),
             View::Queues => self.item_sel.resolve(&self.item_keys()),
@@ -523,6 +594,9 @@ impl App {
             Action::Drop => self.drop_selected(),
             Action::TogglePause => self.pause_selected(),
             Action::Resync => self.resync_selected(),
+            Action::StrmRun(strategy) => self.strm_run_selected(strategy),
+            Action::StrmConfirm => self.strm_confirm_selected(),
+            Action::StrmCancel => self.strm_cancel_selected(),
             Action::Command(line) => self.command(&line),
             Action::Tick(now) => self.tick(now),
             Action::Connecting => Vec::new(),
@@ -587,6 +661,18 @@ impl App {
                 self.contents.insert(hash, state);
                 Vec::new()
             }
+            Action::Strm { region, result } => {
+                let s = self.strm.entry(region).or_default();
+                s.loading = false;
+                match result {
+                    Ok(snap) => {
+                        s.snapshot = Some(snap);
+                        s.error = None;
+                    }
+                    Err(e) => s.error = Some(e),
+                }
+                Vec::new()
+            }
             Action::Done { operation, result } => self.done(operation, result),
         }
     }
@@ -634,8 +720,30 @@ impl App {
                 out.extend(self.contents_wanted());
                 out
             }
+            View::Strm => self.strm_requests(),
             _ => Vec::new(),
         }
+    }
+
+    /// Fetches of every STRM region's jobs and runs not already under way.
+    fn strm_requests(&mut self) -> Vec<Request> {
+        if !self.connected() {
+            return Vec::new();
+        }
+        let wanted: Vec<(String, String)> = self
+            .strm_regions()
+            .into_iter()
+            .map(|r| (r.id.clone(), r.http_endpoint.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (region, http) in wanted {
+            let s = self.strm.entry(region.clone()).or_default();
+            if !s.loading {
+                s.loading = true;
+                out.push(Request::LoadStrm { region, http });
+            }
+        }
+        out
     }
 
     fn queue_request(&self) -> Vec<Request> {
@@ -743,6 +851,10 @@ impl App {
                 let scroll = self.events_scroll as isize - delta;
                 self.events_scroll = scroll.clamp(0, len.saturating_sub(1) as isize) as usize;
             }
+            View::Strm => {
+                let keys = self.strm_job_keys();
+                self.strm_sel.step(&keys, delta);
+            }
             View::Cluster => {}
         }
         Vec::new()
@@ -806,6 +918,7 @@ impl App {
                 None => Vec::new(),
             },
             View::Queues => self.retry_selected(),
+            View::Strm => self.strm_run_selected("full"),
             _ => Vec::new(),
         }
     }
@@ -938,6 +1051,79 @@ impl App {
             item.attempts,
             strings::DROP_WARNING
         );
+        self.propose(question, Vec::new(), vec![op]);
+        Vec::new()
+    }
+
+    fn strm_run_selected(&mut self, strategy: &str) -> Vec<Request> {
+        let Some((r, j)) = self.selected_strm_job() else {
+            self.error(strings::NO_STRM_JOB_SELECTED.to_owned());
+            return Vec::new();
+        };
+        let op = Operation::StrmRun {
+            region: r.id.clone(),
+            http: r.http_endpoint.clone(),
+            job: j.name.clone(),
+            strategy: strategy.to_owned(),
+        };
+        let question = format!("{} ({} -> {})?", op.describe(), j.source, j.output);
+        self.propose(question, Vec::new(), vec![op]);
+        Vec::new()
+    }
+
+    fn strm_confirm_selected(&mut self) -> Vec<Request> {
+        let Some((r, j)) = self.selected_strm_job() else {
+            self.error(strings::NO_STRM_JOB_SELECTED.to_owned());
+            return Vec::new();
+        };
+        let Some(run) = self
+            .strm_runs_of(&r.id, &j.name)
+            .find(|run| run.awaits_confirmation())
+        else {
+            self.error(format!(
+                "STRM job {} in region {} has no held cleanup",
+                j.name, r.id
+            ));
+            return Vec::new();
+        };
+        let op = Operation::StrmConfirm {
+            region: r.id.clone(),
+            http: r.http_endpoint.clone(),
+            run: run.id,
+            job: j.name.clone(),
+            deletions: run.held,
+        };
+        let question = format!("{}?", op.describe());
+        self.propose(
+            question,
+            vec![strings::STRM_CONFIRM_WARNING.to_owned()],
+            vec![op],
+        );
+        Vec::new()
+    }
+
+    fn strm_cancel_selected(&mut self) -> Vec<Request> {
+        let Some((r, j)) = self.selected_strm_job() else {
+            self.error(strings::NO_STRM_JOB_SELECTED.to_owned());
+            return Vec::new();
+        };
+        let Some(run) = self
+            .strm_runs_of(&r.id, &j.name)
+            .find(|run| run.is_active())
+        else {
+            self.error(format!(
+                "STRM job {} in region {} has no queued or running run",
+                j.name, r.id
+            ));
+            return Vec::new();
+        };
+        let op = Operation::StrmCancel {
+            region: r.id.clone(),
+            http: r.http_endpoint.clone(),
+            run: run.id,
+            job: j.name.clone(),
+        };
+        let question = format!("{} ({})?", op.describe(), run.state);
         self.propose(question, Vec::new(), vec![op]);
         Vec::new()
     }
@@ -1075,6 +1261,9 @@ impl App {
         if self.view == View::Queues {
             out.extend(self.queue_request());
         }
+        if self.view == View::Strm {
+            out.extend(self.strm_requests());
+        }
         out
     }
 
@@ -1184,6 +1373,9 @@ impl App {
                 self.conflicts_request()
             }
             Operation::Retry { .. } | Operation::Drop { .. } => self.queue_request(),
+            Operation::StrmRun { .. }
+            | Operation::StrmConfirm { .. }
+            | Operation::StrmCancel { .. } => self.strm_requests(),
             _ => Vec::new(),
         }
     }

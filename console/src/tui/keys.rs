@@ -112,6 +112,13 @@ pub fn table() -> &'static [Binding] {
             ),
             bind!(
                 Global,
+                [(Char('6'), NONE)],
+                "6",
+                Action::Show(View::Strm),
+                "strm"
+            ),
+            bind!(
+                Global,
                 [(Up, NONE), (Char('k'), NONE)],
                 "↑ k",
                 Action::Up,
@@ -285,6 +292,34 @@ pub fn table() -> &'static [Binding] {
                 "M",
                 Action::Bulk(Choice::Merge),
                 "bulk merge, filtered"
+            ),
+            bind!(
+                In(View::Strm),
+                [(Char('r'), NONE), (Enter, NONE)],
+                "r Enter",
+                Action::StrmRun("full"),
+                "run job (full)"
+            ),
+            bind!(
+                In(View::Strm),
+                [(Char('S'), SHIFT), (Char('S'), NONE)],
+                "S",
+                Action::StrmRun("skip-existing"),
+                "run job (skip-existing)"
+            ),
+            bind!(
+                In(View::Strm),
+                [(Char('c'), NONE)],
+                "c",
+                Action::StrmConfirm,
+                "confirm held cleanup"
+            ),
+            bind!(
+                In(View::Strm),
+                [(Char('x'), NONE)],
+                "x",
+                Action::StrmCancel,
+                "cancel active run"
             ),
         ]
     })

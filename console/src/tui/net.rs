@@ -15,7 +15,8 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use super::action::{Action, Operation, Request};
+use super::action::{Action, Operation, Request, StrmSnapshot};
+use crate::strm_api;
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -30,6 +31,8 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// At most this many queue items are listed.
 pub const QUEUE_LIMIT: u32 = 1000;
+/// At most this many recent STRM runs are listed per region.
+pub const STRM_RUNS_LIMIT: usize = 20;
 
 /// Checks a coordinator URL and makes a lazily connecting channel to it.
 pub fn channel(url: &str) -> Result<Channel, String> {
@@ -241,14 +244,62 @@ async fn serve(channel: Channel, request: Request, actions: mpsc::UnboundedSende
             }
             let _ = actions.send(Action::Content { hash, data });
         }
+        Request::LoadStrm { region, http } => {
+            let result = load_strm(&http).await;
+            let _ = actions.send(Action::Strm { region, result });
+        }
     }
 }
 
-/// Carries out one operation through the Admin service.
+/// A region's STRM jobs and recent runs.
+async fn load_strm(http: &str) -> Result<StrmSnapshot, String> {
+    let api = strm_api::Api::new(http, REQUEST_TIMEOUT).map_err(|e| format!("{e:#}"))?;
+    let (jobs, runs) = tokio::join!(api.jobs(), api.runs(STRM_RUNS_LIMIT));
+    Ok(StrmSnapshot {
+        jobs: jobs.map_err(|e| format!("{e:#}"))?,
+        runs: runs.map_err(|e| format!("{e:#}"))?,
+    })
+}
+
+/// Carries out a STRM operation through the region's HTTP API.
+async fn strm_operation(operation: &Operation) -> Result<(), String> {
+    let call = async {
+        match operation {
+            Operation::StrmRun {
+                http,
+                job,
+                strategy,
+                ..
+            } => {
+                let api = strm_api::Api::new(http, REQUEST_TIMEOUT)?;
+                api.start_console_run(job, Some(strategy)).await.map(drop)
+            }
+            Operation::StrmConfirm { http, run, .. } => {
+                let api = strm_api::Api::new(http, REQUEST_TIMEOUT)?;
+                api.confirm_cleanup(*run).await.map(drop)
+            }
+            Operation::StrmCancel { http, run, .. } => {
+                let api = strm_api::Api::new(http, REQUEST_TIMEOUT)?;
+                api.cancel(*run).await
+            }
+            other => anyhow::bail!("{} is not a STRM operation", other.describe()),
+        }
+    };
+    call.await.map_err(|e| format!("{e:#}"))
+}
+
+/// Carries out one operation through the Admin service (STRM operations
+/// through the region's HTTP API).
 pub async fn run_operation(
     client: &mut AdminClient<Channel>,
     operation: &Operation,
 ) -> Result<(), String> {
+    if matches!(
+        operation,
+        Operation::StrmRun { .. } | Operation::StrmConfirm { .. } | Operation::StrmCancel { .. }
+    ) {
+        return strm_operation(operation).await;
+    }
     let call = async {
         match operation.clone() {
             Operation::Resolve { id, choice, .. } => client
@@ -278,6 +329,11 @@ pub async fn run_operation(
                 .trigger_resync(v1::RegionRequest { region })
                 .await
                 .map(drop),
+            Operation::StrmRun { .. }
+            | Operation::StrmConfirm { .. }
+            | Operation::StrmCancel { .. } => Err(tonic::Status::internal(
+                "a STRM operation goes to the region's HTTP API, not the Admin service",
+            )),
         }
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, call).await {

@@ -10,6 +10,13 @@ pub const NO_CONFLICT_SELECTED: &str = "no conflict selected";
 pub const NO_ITEM_SELECTED: &str = "no queue item selected";
 /// The status line when an action needs a region and none is selected.
 pub const NO_REGION_SELECTED: &str = "no region selected";
+/// The status line when an action needs a STRM job and none is selected.
+pub const NO_STRM_JOB_SELECTED: &str = "no STRM job selected";
+/// What a held-cleanup confirmation warns of.
+pub const STRM_CONFIRM_WARNING: &str =
+    "The job's outputs for files gone from its source are deleted for good.";
+/// What the STRM view says of a region that runs no jobs.
+pub const NO_STRM_JOBS: &str = "no STRM jobs (add [[strm.jobs]] to its configuration)";
 /// Why merging is not offered.
 pub const MERGE_DELETED: &str = "a version is a deletion; keep one side or both";
 /// What a drop confirmation warns of.
@@ -78,6 +85,14 @@ pub fn age(now_ms: u64, then_ms: u64) -> String {
     } else {
         duration_ms(now_ms.saturating_sub(then_ms))
     }
+}
+
+/// A STRM run's counts, short: `scan 120 wrote 3 same 117 skip 0 del 0 fail 0`.
+pub fn strm_counts(c: &crate::strm_api::Counts) -> String {
+    format!(
+        "scan {} wrote {} same {} skip {} del {} fail {}",
+        c.scanned, c.written, c.unchanged, c.skipped, c.deleted, c.failed
+    )
 }
 
 /// When a moment is relative to now: `in 3s`, `now`, `2s ago`.

@@ -1,7 +1,7 @@
 //! The views: functions from the app state to a frame. They only render:
 //! no state changes, no waiting.
 //!
-//! - `overview`, `queues`, `conflicts`, `cluster`, `events`: one per view;
+//! - `overview`, `queues`, `conflicts`, `cluster`, `events`, `strm`: one per view;
 //! - this module: the frame around them (tabs, header, status line) and the
 //!   pop-ups (key table, confirmation).
 
@@ -10,6 +10,7 @@ mod conflicts;
 mod events;
 mod overview;
 mod queues;
+mod strm;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -96,6 +97,7 @@ pub fn render(frame: &mut Frame, app: &App) {
         View::Conflicts => conflicts::render(frame, app, theme, body),
         View::Cluster => cluster::render(frame, app, theme, body),
         View::Events => events::render(frame, app, theme, body),
+        View::Strm => strm::render(frame, app, theme, body),
     }
     render_status(frame, app, theme, status);
     if app.help {
@@ -119,6 +121,7 @@ fn tab_title(app: &App, view: View) -> String {
         }
         View::Cluster => "Cluster".to_owned(),
         View::Events => "Events".to_owned(),
+        View::Strm => "STRM".to_owned(),
     };
     format!("{} {name}", view.index() + 1)
 }
@@ -237,6 +240,7 @@ fn hints(view: View) -> &'static str {
         View::Conflicts => "←/→ version  Enter keep  b both  m merge  K/B/M bulk  / filter  ? keys",
         View::Cluster => "Tab next view  : cmd  ? keys  q quit",
         View::Events => "↑/↓ scroll  End follow  / filter  : cmd  ? keys  q quit",
+        View::Strm => "r run  S skip-existing  c confirm cleanup  x cancel  / filter  ? keys",
     }
 }
 
