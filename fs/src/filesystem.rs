@@ -321,14 +321,13 @@ impl GeoFs {
     }
 
     /// Sets the size of a node's content (truncate or extend).
-    fn truncate(&self, id: NodeId, fh: Option<FileHandle>, size: u64) -> Res<()> {
+    fn truncate(&self, id: NodeId, size: u64) -> Res<()> {
         let view = self.view(id)?;
         match view.meta.kind {
             NodeKind::Directory => return Err(Errno::EISDIR),
             NodeKind::Symlink => return Err(Errno::EINVAL),
             NodeKind::File => {}
         }
-        let _ = fh;
         let state = self.open.attach(id, || view.meta.content);
         let result = (|| {
             let mut s = lock(&state);
@@ -443,7 +442,7 @@ impl GeoFs {
                     state: Some(state),
                     reader: Reader::Node {
                         object: Mutex::new(None),
-                        guard: Mutex::new(Some(guard)),
+                        _guard: Some(guard),
                     },
                     passthrough: true,
                 });
@@ -466,7 +465,7 @@ impl GeoFs {
             state: Some(state),
             reader: Reader::Node {
                 object: Mutex::new(None),
-                guard: Mutex::new(guard),
+                _guard: guard,
             },
             passthrough: false,
         });
@@ -523,11 +522,9 @@ impl GeoFs {
                 let Some(content) = content else {
                     return Ok(Vec::new());
                 };
-                let mut object_slot = object.lock().unwrap_or_else(|p| p.into_inner());
-                let mut tmp = object_slot.take().map(|f| (content.id, f));
-                let out = self.read_content(*content, &mut tmp, offset, size);
-                *object_slot = tmp.map(|(_, f)| f);
-                out.map_err(|e| errno(&e))
+                let mut object = object.lock().unwrap_or_else(|p| p.into_inner());
+                self.read_content(*content, &mut object, offset, size)
+                    .map_err(|e| errno(&e))
             }
             Reader::Node { object, .. } => {
                 let state = handle.state.as_ref().ok_or(Errno::EIO)?;
@@ -618,6 +615,22 @@ impl GeoFs {
             return Err(Errno::EEXIST);
         }
         self.node(parent)
+    }
+
+    /// Removes `name` from `parent` with `remove`; the control directory answers
+    /// `control` instead.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &[u8],
+        control: Errno,
+        remove: impl FnOnce(NodeId, &[u8]) -> Result<()>,
+    ) -> Res<()> {
+        if Self::is_control_name(parent, name) {
+            return Err(control);
+        }
+        let dir = self.node(parent)?;
+        self.own(|| remove(dir, name))
     }
 
     /// Creates `name` in `parent`, owned by the caller.
@@ -729,7 +742,7 @@ impl fuser::Filesystem for GeoFs {
         _atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -739,7 +752,7 @@ impl fuser::Filesystem for GeoFs {
         let result = (|| {
             let id = self.node(ino)?;
             if let Some(size) = size {
-                self.truncate(id, fh, size)?;
+                self.truncate(id, size)?;
             }
             let ns = &self.engine().namespace;
             let mut attr = SetAttr {
@@ -804,31 +817,17 @@ impl fuser::Filesystem for GeoFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name_bytes(name);
-        let result = if Self::is_control_name(parent, name) {
-            Err(Errno::EISDIR)
-        } else {
-            self.node(parent)
-                .and_then(|dir| self.own(|| self.engine().namespace.unlink(dir, name)))
-        };
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let result = self.remove(parent, name_bytes(name), Errno::EISDIR, |dir, name| {
+            self.engine().namespace.unlink(dir, name)
+        });
+        reply_empty(reply, result)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name_bytes(name);
-        let result = if Self::is_control_name(parent, name) {
-            Err(Errno::EROFS)
-        } else {
-            self.node(parent)
-                .and_then(|dir| self.own(|| self.engine().namespace.rmdir(dir, name)))
-        };
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let result = self.remove(parent, name_bytes(name), Errno::EROFS, |dir, name| {
+            self.engine().namespace.rmdir(dir, name)
+        });
+        reply_empty(reply, result)
     }
 
     fn symlink(
@@ -883,10 +882,7 @@ impl fuser::Filesystem for GeoFs {
                     })
                 })
             };
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, result)
     }
 
     fn link(
@@ -991,7 +987,7 @@ impl fuser::Filesystem for GeoFs {
             state: Some(state),
             reader: Reader::Node {
                 object: Mutex::new(None),
-                guard: Mutex::new(None),
+                _guard: None,
             },
             passthrough: false,
         });
@@ -1079,10 +1075,7 @@ impl fuser::Filesystem for GeoFs {
             Some(state) => self.commit(handle.node, &mut lock(state)),
             None => Ok(()),
         };
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, result)
     }
 
     fn release(
@@ -1095,10 +1088,7 @@ impl fuser::Filesystem for GeoFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.release_handle(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.release_handle(fh.0))
     }
 
     fn fsync(
@@ -1117,10 +1107,7 @@ impl fuser::Filesystem for GeoFs {
             }
             self.engine().namespace.sync().map_err(|e| errno(&e))
         })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, result)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -1285,10 +1272,7 @@ impl fuser::Filesystem for GeoFs {
             }
             self.own(|| ns.set_xattr(id, name, Some(value))).map(|_| ())
         })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, result)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1347,15 +1331,20 @@ impl fuser::Filesystem for GeoFs {
             let ns = &self.engine().namespace;
             self.own(|| ns.set_xattr(id, name, None)).map(|_| ())
         })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, result)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions (`default_permissions`).
         reply.ok()
+    }
+}
+
+/// Answers a call whose only result is success or an errno.
+fn reply_empty(reply: ReplyEmpty, result: Res<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 

@@ -147,21 +147,24 @@ pub fn lock(state: &SharedState) -> MutexGuard<'_, NodeState> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A handle's open content object file, opened at its first read.
+pub type ObjectSlot = Mutex<Option<(ContentId, File)>>;
+
 /// How a handle reads.
 pub enum Reader {
     /// A namespace file: through the node's shared state.
     Node {
         /// The object file of `object.0`, opened on first read.
-        object: Mutex<Option<(ContentId, File)>>,
+        object: ObjectSlot,
         /// Keeps the content from eviction while the handle is open.
-        guard: Mutex<Option<OpenGuard>>,
+        _guard: Option<OpenGuard>,
     },
     /// A generated control file (`status.json`): its bytes at open.
     Bytes(Vec<u8>),
     /// A conflict version under `.geosync/conflicts/`.
     Version {
         content: Option<ContentRef>,
-        object: Mutex<Option<File>>,
+        object: ObjectSlot,
         _guard: Option<OpenGuard>,
     },
 }
