@@ -2,12 +2,13 @@
 //! the CLI, stopped with SIGTERM; and clear errors for broken input.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_geosync");
+mod common;
+
+use common::{BIN, free_base_port, wait_until};
 
 /// Kills the child on every path, so a failing assertion leaves nothing behind.
 struct Guard(Option<Child>);
@@ -41,42 +42,6 @@ fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("wait geosync")
-}
-
-/// A base port whose coordinator, region and HTTP ports are all free now.
-fn free_base_port(regions: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + (rand_u16() % 20_000);
-        let ports: Vec<u16> = std::iter::once(base)
-            .chain((0..regions).map(|i| base + 10 + i))
-            .flat_map(|p| [p, p + 1000])
-            .collect();
-        if ports
-            .iter()
-            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
-
-fn rand_u16() -> u16 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (t.subsec_nanos() ^ std::process::id()) as u16
-}
-
-fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 #[test]

@@ -4,14 +4,15 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_geosync");
+mod common;
+
+use common::{BIN, free_base_port, wait_until};
 
 /// A file is written in this many pieces...
 const PIECES: usize = 8;
@@ -43,32 +44,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port_pair() -> u16 {
-    for i in 0..500u32 {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let port = 21_000 + ((t.subsec_nanos() ^ std::process::id() ^ i) % 20_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port + 1000)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no free port found");
-}
-
-fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 fn spawn(args: &[String], mount: Option<&Path>, log: &Path) -> Proc {
     let log = File::create(log).expect("log file");
     let child = Command::new(BIN)
@@ -87,7 +62,7 @@ fn spawn(args: &[String], mount: Option<&Path>, log: &Path) -> Proc {
 fn region(dir: &Path, name: &str, coordinator: u16) -> (Vec<String>, PathBuf) {
     let mount = dir.join("mnt").join(name);
     fs::create_dir_all(&mount).expect("mount point");
-    let port = free_port_pair();
+    let port = free_base_port(0);
     let args = [
         "region",
         "--region",
@@ -148,7 +123,7 @@ fn a_killed_region_keeps_fsynced_files_and_never_replicates_a_partial_version() 
     }
     let dir = tempfile::tempdir().expect("dir");
     let dir = dir.path();
-    let cport = free_port_pair();
+    let cport = free_base_port(0);
     let _coordinator = spawn(
         &[
             "coordinator",

@@ -1,11 +1,12 @@
 //! `geosync strm` against a real demo cluster (a child process): the demo's job turns
 //! `<dir>/media` into `.strm` files, driven and followed from the CLI.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_geosync");
+mod common;
+
+use common::{BIN, free_base_port, wait_until};
 
 /// Kills the child on every path, so a failing assertion leaves nothing behind.
 struct Guard(Child);
@@ -28,43 +29,10 @@ fn run(args: &[&str]) -> Output {
         .expect("run geosync")
 }
 
-/// A base port whose coordinator, two regions and their HTTP ports are free now.
-fn free_base_port() -> u16 {
-    for i in 0..200u32 {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos()
-            ^ std::process::id()
-            ^ i.wrapping_mul(7919);
-        let base = 21_000 + (seed % 19_000) as u16;
-        let ports = [base, base + 10, base + 11];
-        if ports
-            .iter()
-            .flat_map(|p| [*p, p + 1000])
-            .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
-
-fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 #[test]
 fn strm_jobs_run_runs_against_the_demo() {
     let dir = tempfile::tempdir().expect("dir");
-    let base = free_base_port();
+    let base = free_base_port(2);
     let child = Command::new(BIN)
         .args([
             "demo",

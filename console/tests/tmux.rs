@@ -2,12 +2,13 @@
 //! opens the console, the screen shows the regions, `q` quits, the terminal
 //! is restored and the process exits 0. Skips, saying so, without tmux.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_geosync");
+mod common;
+
+use common::{BIN, free_base_port, wait_until};
 /// How long the demo may take to show healthy regions, and to stop.
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -54,40 +55,6 @@ fn tmux_missing() -> bool {
         .arg("-V")
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-/// A base port whose coordinator, region and HTTP ports are all free now.
-fn free_base_port(regions: u16) -> u16 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos()
-        ^ std::process::id();
-    for i in 0..200u32 {
-        let base = 20_000 + ((seed.wrapping_add(i * 7919)) % 20_000) as u16;
-        let ports: Vec<u16> = std::iter::once(base)
-            .chain((0..regions).map(|i| base + 10 + i))
-            .flat_map(|p| [p, p + 1000])
-            .collect();
-        if ports
-            .iter()
-            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
-
-fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    f()
 }
 
 fn quoted(p: &Path) -> String {

@@ -30,6 +30,15 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("no NUL in paths")
 }
 
+/// A libc call's `0 = success, -1 = errno` result.
+fn zero_or_errno(r: libc::c_int) -> std::io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn renameat2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
     let (from, to) = (cstr(from), cstr(to));
     // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them.
@@ -42,11 +51,7 @@ fn renameat2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
             flags,
         )
     };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    zero_or_errno(r)
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8], flags: i32) -> std::io::Result<()> {
@@ -61,11 +66,7 @@ fn set_xattr(path: &Path, name: &str, value: &[u8], flags: i32) -> std::io::Resu
             flags,
         )
     };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    zero_or_errno(r)
 }
 
 fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
@@ -104,11 +105,7 @@ fn remove_xattr(path: &Path, name: &str) -> std::io::Result<()> {
     let (path, name) = (cstr(path), CString::new(name).expect("name"));
     // SAFETY: valid C strings.
     let r = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    zero_or_errno(r)
 }
 
 /// Runs a shell command; panics with its output unless it succeeds.
