@@ -1616,10 +1616,12 @@ impl ContentStore {
     }
 
     fn in_tmp(&self, staged: &Path) -> bool {
-        staged
-            .parent()
-            .and_then(|p| fs::canonicalize(p).ok())
-            .is_some_and(|p| p == self.inner.tmp_canonical)
+        let Some(parent) = staged.parent() else {
+            return false;
+        };
+        // A path from `staging_file` names `tmp` as it is: no need to resolve it.
+        parent == self.inner.tmp
+            || fs::canonicalize(parent).is_ok_and(|p| p == self.inner.tmp_canonical)
     }
 
     /// Moves the staged file (in `tmp/`) into place as complete content `manifest`.
