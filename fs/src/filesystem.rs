@@ -77,8 +77,27 @@ pub fn file_type(kind: NodeKind) -> FileType {
     }
 }
 
-/// Attributes of a file or directory that is not a namespace node.
+/// Attributes of a file or directory that is not a namespace node: owned by
+/// the mounting user.
 pub fn synthetic_attr(ino: u64, kind: FileType, size: u64, mtime_ns: i64, perm: u16) -> FileAttr {
+    let owner = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    file_attr(ino, kind, size, mtime_ns, perm, owner)
+}
+
+/// The attributes the kernel sees: one time for all four stamps, and a link
+/// count of 1 for directories too, so tools (find) do not guess subdirectory
+/// counts from it.
+fn file_attr(
+    ino: u64,
+    kind: FileType,
+    size: u64,
+    mtime_ns: i64,
+    perm: u16,
+    (uid, gid): (u32, u32),
+) -> FileAttr {
     let t = system_time(mtime_ns);
     FileAttr {
         ino: INodeNo(ino),
@@ -91,8 +110,8 @@ pub fn synthetic_attr(ino: u64, kind: FileType, size: u64, mtime_ns: i64, perm: 
         kind,
         perm,
         nlink: 1,
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
+        uid,
+        gid,
         rdev: 0,
         blksize: MAX_WRITE,
         flags: 0,
@@ -172,25 +191,14 @@ impl GeoFs {
         {
             (size, mtime) = (s, m);
         }
-        let t = system_time(mtime);
-        FileAttr {
-            ino: INodeNo(ino),
+        file_attr(
+            ino,
+            file_type(view.meta.kind),
             size,
-            blocks: size.div_ceil(512),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            kind: file_type(view.meta.kind),
-            perm: (view.meta.mode & 0o7777) as u16,
-            // 1 for directories too: tools (find) then do not guess subdirectory counts.
-            nlink: 1,
-            uid: view.meta.uid,
-            gid: view.meta.gid,
-            rdev: 0,
-            blksize: MAX_WRITE,
-            flags: 0,
-        }
+            mtime,
+            (view.meta.mode & 0o7777) as u16,
+            (view.meta.uid, view.meta.gid),
+        )
     }
 
     fn entry_of(&self, parent: u64, name: &[u8], view: &NodeView) -> FileAttr {
